@@ -1,0 +1,52 @@
+"""Progress bars and console output, silenced everywhere at once by `--quiet`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def info(message: str) -> None:
+    """A status line on stderr, unless quiet."""
+    if not _quiet:
+        console.print(message)
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """`with progress("training", steps) as advance: advance(1, fvu=0.1)` — a rich bar, or nothing."""
+    if _quiet:
+        yield lambda n=1, **stats: None
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[stats]}"),
+        console=console,
+        transient=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=total, stats="")
+
+        def advance(n: int = 1, **stats: float) -> None:
+            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+            bar.update(task, advance=n, **({"stats": text} if stats else {}))
+
+        yield advance
