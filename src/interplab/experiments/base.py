@@ -1,0 +1,239 @@
+"""What every experiment shares: its verdicts, its result, and how a result reaches the disk.
+
+An experiment is a class with a typed `Config`, a `small` set of overrides for `interplab cruxes`,
+and `run(cfg) -> Result`. `run_experiment` builds the config, times the run and writes
+`results.json`, `figures/*.png` and `index.html`. `results.json` is written last and atomically,
+so its presence means the run finished: `cruxes` relies on that to resume after an interruption.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import numpy as np
+from matplotlib.figure import Figure
+
+import interplab
+from interplab import ui
+from interplab.config import Config, build, load_file
+from interplab.registry import Registry
+from interplab.report.html import atomic_write, render_result
+
+VerdictWord = Literal["supported", "not supported", "inconclusive"]
+
+
+class CI(NamedTuple):
+    """A two-sided confidence interval."""
+
+    low: float
+    high: float
+
+
+def decide(statistic_ci: tuple[float, float], null: float, higher_is_support: bool = True) -> VerdictWord:
+    """The verdict a CI earns against a null value.
+
+    "supported" only when the whole CI lies on the supporting side of the null, "not supported"
+    when it lies wholly on the other side; a CI that touches or straddles the null (or is NaN)
+    is "inconclusive" — the data cannot tell the claim from the null.
+    """
+    low, high = (float(v) for v in statistic_ci)
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    above, below = low > null, high < null
+    if above:
+        return "supported" if higher_is_support else "not supported"
+    if below:
+        return "not supported" if higher_is_support else "supported"
+    return "inconclusive"
+
+
+@dataclass
+class Verdict:
+    """One crux settled (or not): the statistic, its 95% CI, the null value it is compared with."""
+
+    crux: str
+    statistic: float
+    ci: tuple[float, float]
+    null: float
+    verdict: VerdictWord
+    subject: str | None = None
+    note: str = ""
+
+
+def bootstrap_ci(
+    values: Any,
+    stat: Callable[..., Any] = np.mean,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> CI:
+    """Percentile bootstrap CI of `stat` over the first axis of `values`.
+
+    Percentile rather than BCa because it stays defined when every resample gives the same value
+    (common for counts over a few seeds), where BCa divides by zero. `stat` is called with
+    `axis=-1` on all resamples at once when it accepts that keyword, else once per resample.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.shape[0] == 0:
+        return CI(math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.shape[0], size=(n_boot, x.shape[0]))  # (n_boot, n)
+    try:
+        if x.ndim != 1:
+            raise TypeError
+        boots = np.asarray(stat(x[idx], axis=-1), dtype=float)  # (n_boot,)
+    except TypeError:
+        boots = np.array([float(stat(x[i])) for i in idx])
+    alpha = (1 - level) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return CI(float(low), float(high))
+
+
+@dataclass
+class Result:
+    """Everything one run produced. `figures` are matplotlib Figures, written as PNG beside JSON."""
+
+    experiment: str
+    title: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    verdicts: list[Verdict] = field(default_factory=list)
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # name -> {"columns", "rows"}
+    figures: dict[str, Figure] = field(default_factory=dict)
+    captions: dict[str, str] = field(default_factory=dict)  # figure or table name -> caption
+    summary: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of `results.json` (DESIGN's keys plus title, summary, figures)."""
+        return {
+            "experiment": self.experiment,
+            "title": self.title,
+            "interplab_version": interplab.__version__,
+            "config": _clean(self.config, floats=False),
+            "seed": int(self.seed),
+            "seconds": float(self.seconds),
+            "summary": self.summary,
+            "metrics": _clean(self.metrics, floats=True),
+            "verdicts": [_clean(asdict(v), floats=True) for v in self.verdicts],
+            "tables": _clean(self.tables, floats=False),
+            "figures": {name: f"figures/{_file_name(name)}.png" for name in self.figures},
+            "captions": dict(self.captions),
+        }
+
+
+def _clean(obj: Any, floats: bool) -> Any:
+    """JSON-safe copy: numpy/torch scalars to Python, NaN/inf to None, numbers to float if asked."""
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v, floats) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v, floats) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy arrays/scalars, tensors
+        return _clean(obj.tolist(), floats)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, (int, float)):
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return None
+        return float(obj) if floats else obj
+    return str(obj)
+
+
+def _file_name(name: str) -> str:
+    """A figure name made safe as a file name."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "figure"
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight", facecolor="white")
+    return buf.getvalue()
+
+
+def write_result(result: Result, out_dir: Path) -> Path:
+    """Write figures, index.html, then results.json (last, so it marks a finished run); return it."""
+    out_dir = Path(out_dir)
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    data = result.to_dict()
+    images: dict[str, bytes] = {}
+    for name, fig in result.figures.items():
+        images[name] = _png(fig)
+        atomic_write(out_dir / data["figures"][name], images[name])
+    render_result(data, images, out_dir)
+    text = json.dumps(data, indent=2, allow_nan=False)
+    path = out_dir / "results.json"
+    atomic_write(path, text)
+    return path
+
+
+def load_result(out_dir: Path) -> dict[str, Any] | None:
+    """The results.json of a finished run in `out_dir`, or None when there is none readable."""
+    path = Path(out_dir) / "results.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class Experiment:
+    """Base class: set `name`, `title`, `Config`, `small`; implement `run(cfg) -> Result`."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    Config: ClassVar[type[Config]]
+    small: ClassVar[dict[str, Any]] = {}  # overrides that `interplab cruxes` runs with
+
+    def run(self, cfg: Any) -> Result:
+        raise NotImplementedError
+
+
+EXPERIMENTS: Registry[type[Experiment]] = Registry("experiment")
+
+
+def register(cls: type[Experiment]) -> type[Experiment]:
+    """Class decorator: add an Experiment to EXPERIMENTS under its `name`, with its `title` as help."""
+    EXPERIMENTS.add(cls.name, cls, help=cls.title)
+    return cls
+
+
+def build_config(name: str, overrides: Mapping[str, Any], config_file: Path | None = None) -> Config:
+    """Defaults <- file <- overrides, validated; a bad key or value raises UserError."""
+    cls = EXPERIMENTS.get(name)
+    values = dict(load_file(config_file)) if config_file is not None else {}
+    values.update(overrides)
+    return build(cls.Config, values, where=f" of experiment '{name}'")
+
+
+def run_experiment(
+    name: str, overrides: Mapping[str, Any], out_dir: Path, config_file: Path | None = None
+) -> Result:
+    """Run experiment `name` and write its report into `out_dir`."""
+    cfg = build_config(name, overrides, config_file)
+    exp = EXPERIMENTS.get(name)()
+    ui.info(f"[bold]{name}[/bold]: running, writing to {out_dir}")
+    start = time.perf_counter()
+    result = exp.run(cfg)
+    result.seconds = time.perf_counter() - start
+    # The config on disk is the validated one, whatever the experiment put there: resume compares it.
+    result.config = cfg.model_dump(mode="json")
+    result.seed = int(getattr(cfg, "seed", result.seed))
+    result.experiment = name
+    result.title = result.title or exp.title
+    write_result(result, out_dir)
+    return result
+
+
+def same_config(stored: Mapping[str, Any] | None, cfg: Config) -> bool:
+    """Whether a stored results.json was produced with exactly `cfg` (JSON-normalised)."""
+    if not stored:
+        return False
+    return stored.get("config") == json.loads(json.dumps(cfg.model_dump(mode="json")))
