@@ -37,3 +37,20 @@ bench: env
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Peer libraries for bench/sae_train_vs_saelens.py (sae-lens 6.54.12 + transformer-lens 3.9.0), in their
+# own environment so the project's never depends on them. torch first, pinned to the CPU wheel again.
+PEERS := .bench-peers
+
+bench-peers: $(PEERS)/.installed
+
+$(PEERS)/.installed: bench/peers-requirements.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --upgrade pip
+	$(PEERS)/bin/pip install --quiet torch==2.13.0
+	$(PEERS)/bin/pip install --quiet -r bench/peers-requirements.txt
+	touch $@
+
+# interplab's SAE trainer against SAELens's SAETrainer on the same batches (several minutes).
+bench-sae: env bench-peers
+	$(BIN)/python bench/sae_train_vs_saelens.py

@@ -15,18 +15,15 @@ on inputs normalised to E||x||^2 = d_in (fit trains on such inputs and folds the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from itertools import chain
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from interplab import ui
-from interplab.decompose.base import Data, Decomposer, Settings, register, training_batches
+from interplab.decompose.base import Data, Decomposer, Settings, register
 from interplab.decompose.saelens import Codec, ForwardOutput, batch_fvu
-from interplab.errors import UserError
 
 
 class SAE(Codec):
@@ -288,7 +285,7 @@ class TopKSettings(SAESettings):
 
 
 class SAEDecomposer(Decomposer):
-    """Shared fit for every SAE: normalise, initialise, run `simple_fit`, fold the scale back."""
+    """Shared fit for every SAE: `interplab.decompose.train.train_sae` does the work."""
 
     Settings = SAESettings
     adapts_coefficient: ClassVar[bool] = False
@@ -309,26 +306,12 @@ class SAEDecomposer(Decomposer):
             out["k"] = cfg["k"]
         return out
 
-    def fit(self, X: Data) -> SAEDecomposer:
-        s = self.settings
-        g = torch.Generator().manual_seed(s.seed)
-        batches, total, tokens = training_batches(X, s.batch_size, s.steps, s.epochs, g)
-        first = next(batches, None)
-        if first is None:
-            raise UserError("fit received no activations (every batch was empty)")
-        d = first.shape[1]
-        width = s.width or 8 * d
-        if s.k is not None and s.k > width:
-            raise UserError(f"{self.name}: k={s.k} exceeds width={width}; lower k or widen the SAE")
-        scale = math.sqrt(d / float(first.pow(2).sum(1).mean().clamp_min(1e-30)))
-        module = self._module(d, width)
-        module.init_(first.mean(0) * scale, g)
-        lr = s.lr or min(1e-2, 2e-4 / math.sqrt(width / 2**14))
-        dead = s.dead_tokens or int(min(10_000_000, max(10 * first.shape[0], (tokens or 10**8) // 10)))
-        scaled = (x * scale for x in chain([first], batches))
-        simple_fit(module, scaled, total, lr, dead, s, self.adapts_coefficient, self.name)
-        module.fold_scale_(scale)
-        self.codec_ = module.eval()
+    def fit(self, X: Data, checkpoint_dir: str | Path | None = None) -> SAEDecomposer:
+        """Train with `interplab.decompose.train` (normalise, initialise, Adam, fold the scale
+        back); with `checkpoint_dir`, a killed fit resumes where it stopped."""
+        from interplab.decompose.train import train_sae  # train.py builds on this module
+
+        train_sae(self, X, None, checkpoint_dir)
         return self
 
 
@@ -369,49 +352,3 @@ class JumpReLUDecomposer(SAEDecomposer):
         s = self.settings
         return JumpReLUSAE(d_in, d_sae, s.bandwidth, s.init_threshold, s.sparsity_loss, s.tanh_scale,
                            s.threshold_lr_scale)
-
-
-# --- the interim training loop ------------------------------------------------------------------
-def simple_fit(module: SAE, batches: Iterator[torch.Tensor], total: int | None, lr: float, dead_tokens: int,
-               s: SAESettings, adapt: bool, label: str) -> None:
-    """Adam on fvu + coefficient · sparsity + aux_coefficient · aux_loss, with the decoder-norm
-    constraint, dead-latent tracking and a linear learning-rate decay over the last 20% of steps.
-    Deliberately minimal and correct; decompose/train.py's trainer replaces it for real runs.
-    With `adapt` and k set, the coefficient is steered multiplicatively until mean L0 ≈ k."""
-    opt = torch.optim.Adam(module.param_groups(lr))
-    base_lrs = [group["lr"] for group in opt.param_groups]
-    since = torch.zeros(module.d_sae, dtype=torch.long)  # tokens since each latent last fired
-    coef = getattr(s, "sparsity_coefficient", 0.0)
-    aux_coef = getattr(s, "aux_coefficient", 0.0)
-    warm = max(1.0, getattr(s, "sparsity_warmup", 0.0) * (total or 1000))
-    ema_l0 = 0.0
-    module.train()
-    with ui.progress(f"fit {label}", total) as advance:
-        for step, x in enumerate(batches):
-            out = module(x, dead=since >= dead_tokens)
-            ramp = min(1.0, (step + 1) / warm)
-            loss = out.fvu + coef * ramp * out.sparsity + aux_coef * out.aux_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            module.remove_parallel_grads_()
-            decay = 1.0 if total is None else min(1.0, (total - step) / max(1.0, 0.2 * total))
-            for group, base in zip(opt.param_groups, base_lrs, strict=True):
-                group["lr"] = base * decay
-            opt.step()
-            module.normalize_decoder_()
-            with torch.no_grad():
-                active = out.codes != 0  # (n, d_sae)
-                since += x.shape[0]
-                since[active.any(0)] = 0
-                l0 = float(active.sum(1).float().mean())
-            ema_l0 = l0 if step == 0 else 0.9 * ema_l0 + 0.1 * l0
-            if adapt and s.k is not None and ramp >= 1.0:
-                coef = steer(coef, ema_l0, s.k)
-            dead = float((since >= dead_tokens).float().mean())
-            advance(1, **({} if step % 10 else {"fvu": float(out.fvu.detach()), "l0": l0, "dead": dead}))
-
-
-def steer(coef: float, l0: float, k: int) -> float:
-    """One step of the matched-budget controller: a gentle multiplicative correction (at most 2%
-    a step), because L0 answers the coefficient with a lag and a stronger gain oscillates."""
-    return coef * math.exp(max(-0.02, min(0.02, 0.01 * math.log(max(l0, 1e-3) / k))))
