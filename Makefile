@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test test-slow test-all bench bench-peers clean
+.PHONY: env demo test test-slow test-all bench bench-peers bench-sae clean
 
 env: $(STAMP)
 

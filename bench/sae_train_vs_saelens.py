@@ -60,15 +60,15 @@ def _timed(fn) -> float:
 
 # --- SAELens side (runs inside .bench-peers; imports nothing from interplab) ------------------------
 def saelens_side(folder: Path) -> None:
-    from safetensors.torch import load_file
     from sae_lens import LoggingConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
+    from safetensors.torch import load_file
 
     p = json.loads((folder / "job.json").read_text())
     torch.set_num_threads(p["threads"])
     t = load_file(str(folder / "inputs.safetensors"))
     cfg = TopKTrainingSAEConfig(d_in=D_IN, d_sae=p["width"], k=p["k"], aux_loss_coefficient=p["aux"],
-                                rescale_acts_by_decoder_norm=True, use_sparse_activations=p["sparse"],
+                                rescale_acts_by_decoder_norm=p["rescale"], use_sparse_activations=p["sparse"],
                                 normalize_activations="none", apply_b_dec_to_input=True, decoder_init_norm=None)
     sae = TopKTrainingSAE(cfg)
     sae.load_state_dict({n: t[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec")})
@@ -101,6 +101,7 @@ def saelens_side(folder: Path) -> None:
 def activations(tokens: int, eval_tokens: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, held-out) rows of SmolLM2 resid_post.6, harvested once into the user cache."""
     from interplab import cache, ui
+    from interplab.errors import UserError
     from interplab.store import ActivationStore, HarvestConfig, harvest
     from interplab.subjects import load_subject
 
@@ -109,7 +110,7 @@ def activations(tokens: int, eval_tokens: int, seq_len: int) -> tuple[torch.Tens
     folder = cache.entry("bench-activations", cfg.model_dump(mode="json"))
     try:
         store = ActivationStore(folder)
-    except Exception:
+    except UserError:  # not harvested yet, or interrupted: harvest resumes
         ui.info(f"harvesting {tokens + eval_tokens} tokens of smollm2 {SITE} into {folder}")
         harvest(load_subject("smollm2", seq_len=seq_len), cfg, folder)
         store = ActivationStore(folder)
@@ -157,6 +158,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eps", type=float, default=None, help="interplab's Adam epsilon (default: TrainConfig's)")
     ap.add_argument("--saelens-sparse", action="store_true", help="SAELens's use_sparse_activations=True")
+    ap.add_argument("--saelens-no-rescale", action="store_true",
+                    help="SAELens's rescale_acts_by_decoder_norm=False (its default for TopK is True)")
     ap.add_argument("--skip-saelens", action="store_true")
     ap.add_argument("--saelens-side", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -212,6 +215,7 @@ def run_saelens(args, x, x_eval, order, init, scale, dead_steps, save_file) -> d
         folder = Path(tmp)
         save_file({"x_train": x, "x_eval": x_eval, "order": order, **init}, str(folder / "inputs.safetensors"))
         job = {"width": args.width, "k": args.k, "aux": 1 / 32, "sparse": args.saelens_sparse, "scale": scale,
+               "rescale": not args.saelens_no_rescale,
                "steps": args.steps, "batch": args.batch, "lr": args.lr, "decay_steps": round(0.2 * args.steps),
                "dead_window": dead_steps - 1, "threads": args.threads}  # SAELens: dead when passes > window
         (folder / "job.json").write_text(json.dumps(job))
@@ -242,7 +246,8 @@ def report(args, ours: dict, theirs: dict | None, peak: float, peaks: list[float
         print(f"SAELens   : {theirs['seconds']:7.1f} s  {rate:6.3f} steps/s  held-out FVU {theirs['fvu']:.4f} "
               f"(read back by interplab: {theirs['fvu_loaded']:.4f}); latents silent on held-out "
               f"{theirs['dead_eval']}, dead by its own count {theirs['dead']}"
-              f"{' [use_sparse_activations]' if args.saelens_sparse else ''}")
+              f"{' [use_sparse_activations]' if args.saelens_sparse else ''}"
+              f"{' [rescale_acts_by_decoder_norm=False]' if args.saelens_no_rescale else ''}")
         print(f"steps/s ratio interplab / SAELens: {ours_rate / rate:.2f}x   (target >= 1.5x)")
         print(f"FVU difference: {abs(ours['fvu'] - theirs['fvu']):.4f}   (target <= 0.01)")
     print(f"interplab achieved {gflops:.1f} GFLOP/s = {gflops / peak:.0%} of the matmul peak   (target >= 50%)")
