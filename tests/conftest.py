@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from interplab import ui
+from interplab.runtime import single_thread
+
 PARAGRAPHS = [
     "The river ran slowly past the mill, carrying leaves and small branches toward the sea.",
     "In the spring the farmers planted wheat and barley, and in the autumn they brought in the harvest.",
@@ -42,3 +45,14 @@ def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the user cache at a temporary folder for the duration of one test."""
     monkeypatch.setenv("INTERPLAB_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def quiet_single_thread():
+    """No progress bars and one torch thread: small tensors on a busy 2-core machine, where two
+    OpenMP threads wait on each other (10x slower matmuls were measured)."""
+    was = ui.is_quiet()
+    ui.set_quiet(True)
+    with single_thread():
+        yield
+    ui.set_quiet(was)

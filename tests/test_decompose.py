@@ -14,23 +14,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import interplab.decompose as D
-from interplab import ui
 from interplab.decompose.sae import JumpReLUSAE, SAEDecomposer
 from interplab.errors import UserError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "saelens"
 
 
-@pytest.fixture(autouse=True)
-def quiet_single_thread():
-    """No progress bars; one thread, because these tensors are small and on a busy 2-core machine
-    two OpenMP threads wait on each other (10x slower matmuls were measured)."""
-    was, threads = ui.is_quiet(), torch.get_num_threads()
-    ui.set_quiet(True)
-    torch.set_num_threads(1)
-    yield
-    ui.set_quiet(was)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 def planted(n: int, m: int = 256, d: int = 64, active: float = 4.0, seed: int = 0):

@@ -26,15 +26,7 @@ from interplab.subjects import load_subject
 WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
-@pytest.fixture(autouse=True)
-def quiet_single_thread():
-    """No progress bars; one thread (small tensors, and a busy 2-core machine)."""
-    was, threads = ui.is_quiet(), torch.get_num_threads()
-    ui.set_quiet(True)
-    torch.set_num_threads(1)
-    yield
-    ui.set_quiet(was)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 def planted(n: int, m: int = 48, d: int = 16, seed: int = 0) -> torch.Tensor:

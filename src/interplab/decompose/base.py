@@ -8,11 +8,9 @@ every SAE share `transform`, `inverse_transform`, `forward`, `save` and `load`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -98,40 +96,6 @@ def iter_batches(X: Data, chunk: int = 65536, keep_float64: bool = False) -> Ite
         d_in = x.shape[1]
         if x.shape[0]:
             yield x
-
-
-class Batches(NamedTuple):
-    """Training batches, with the number of steps and tokens they hold where that is known."""
-
-    batches: Iterator[torch.Tensor]
-    steps: int | None
-    tokens: int | None
-
-
-def training_batches(X: Data, batch_size: int, steps: int | None, epochs: float,
-                     generator: torch.Generator) -> Batches:
-    """Shuffled, equal-sized batches from a tensor for `steps` steps (else `epochs` passes), or an
-    iterable's own batches as they come (at most `steps` of them)."""
-    if not is_tensor_like(X):
-        it = iter_batches(X)
-        return Batches(islice(it, steps) if steps else it, steps, None)
-    x = check_rows(X, None, "input")  # (n, d)
-    if x.shape[0] == 0:
-        raise UserError("input has no rows; fit needs at least one activation vector")
-    bs = min(batch_size, x.shape[0])
-    total = steps or max(1, math.ceil(epochs * x.shape[0] / bs))
-
-    def shuffled() -> Iterator[torch.Tensor]:
-        done = 0
-        while True:
-            perm = torch.randperm(x.shape[0], generator=generator)
-            for i in range(0, x.shape[0] - bs + 1, bs):  # drop the ragged tail: equal batches
-                yield x[perm[i : i + bs]]  # (bs, d)
-                done += 1
-                if done == total:
-                    return
-
-    return Batches(shuffled(), total, total * bs)
 
 
 # --- the contract -----------------------------------------------------------------------------

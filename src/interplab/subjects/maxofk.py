@@ -29,9 +29,9 @@ from torch import nn
 from interplab import cache, ui
 from interplab.config import Config
 from interplab.errors import UserError
+from interplab.runtime import single_thread
 from interplab.subjects.base import SUBJECTS, Subject
 from interplab.subjects.sites import HookPoint, Site, canonical_sites
-from interplab.subjects.tms import single_thread
 
 _CACHE_VERSION = 1  # bump when training or the parameter layout changes, so old entries are rebuilt
 _EVAL_SEED = 15_485_863  # evaluation sequences apart from those of the usual small training seeds

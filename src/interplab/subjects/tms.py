@@ -16,10 +16,8 @@ several times faster on CPU than the (batch, inst, features) layout of the publi
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -29,6 +27,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from interplab import cache, ui
+from interplab.runtime import single_thread
 from interplab.config import Config
 from interplab.subjects.base import SUBJECTS, Subject
 from interplab.subjects.sites import HookPoint
@@ -202,22 +201,6 @@ def sample_tms(
     """`n` samples for every instance: (n, inst, n_features); feature j of instance i is non-zero
     with probability density[i] and then uniform on [0, 1]."""
     return _sample_t(n, density, n_features, generator).permute(2, 0, 1).contiguous()  # (n, inst, n_features)
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch ops on one thread inside the block.
-
-    Training steps of toy models are many ops on small tensors, where intra-op threads gain
-    little, and when the cores are shared with other processes OpenMP's spinning threads slow
-    each op down many times over (measured: 1000 TMS steps 8 s on one thread, 81 s on two).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _model_for(cfg: TMSConfig) -> TMSModel:
