@@ -19,6 +19,7 @@ from interplab.metrics import (
     description_length,
     dictionary_bits,
     evaluate,
+    evaluate_many,
     fvu,
     fvu_per_token_ratio,
     fvu_squared_moment_bug,
@@ -253,6 +254,18 @@ def test_evaluate_a_tiny_lm_with_a_small_topk_sae(tiny, tiny_acts):
     assert all(math.isfinite(out[k]) for k in LM_KEYS)
     assert out["l0"] == pytest.approx(4.0) and out["details"]["n_tokens"] == 3 * 4 * 23
     assert 0 <= out["interp_score"] <= 1 and out["details"]["labels"]
+
+
+def test_evaluate_many_shares_the_baseline_runs_and_matches_one_at_a_time(tiny, tiny_acts):
+    decs = {"identity": _identity(tiny_acts), "pca": decompose.create("pca", k=8).fit(tiny_acts)}
+    settings = dict(n_batches=2, batch_size=3, n_boot=50, mean_batches=1)
+    together = evaluate_many(decs, tiny, "resid_post.0", **settings)
+    for name, dec in decs.items():
+        alone = evaluate(dec, tiny, "resid_post.0", **settings)
+        for key in LM_KEYS:
+            assert together[name][key] == pytest.approx(alone[key], rel=1e-6, abs=1e-9), (name, key)
+    assert together["identity"]["delta_ce_nats"] == pytest.approx(0.0, abs=1e-6)
+    assert together["pca"]["delta_ce_nats"] > 1e-4  # a rank-8 PCA of 64 dims loses something
 
 
 def test_evaluate_refuses_a_decomposer_of_another_width(planted):

@@ -28,7 +28,7 @@ from interplab.metrics.downstream import (
     loss_recovered,
     mean_activation,
 )
-from interplab.metrics.evaluate import EvalSettings, evaluate, headline_keys, is_planted
+from interplab.metrics.evaluate import EvalSettings, evaluate, evaluate_many, headline_keys, is_planted
 from interplab.metrics.groundtruth import (
     GroundTruth,
     ground_truth_scores,
@@ -65,6 +65,7 @@ __all__ = [
     "description_length",
     "dictionary_bits",
     "evaluate",
+    "evaluate_many",
     "first_position",
     "fvu",
     "fvu_per_token_ratio",

@@ -17,7 +17,7 @@ scored on one fixed train/test split), and `details` with the parts and side num
 breakdown (bits_index, bits_values, bits_residual, bits_raw, dictionary_bits, dict_bits_per_token),
 firing_precision / firing_recall and mmcs_random_floor, interp_score_adjusted, mono_mean,
 mono_hist, probe_acc_k*, probe_f1_per_label, the labels used, n_batches, n_tokens,
-per_batch_fvu. Everything is plain floats, lists and dicts, ready for results.json.
+per_batch_fvu, per_batch_delta_ce_nats. Everything is plain floats, lists and dicts, ready for results.json.
 
 Evaluation batches are drawn with seeds of their own (never the training stream's) from the
 `test` split; the mean-ablation baseline from the `train` split with seed + 1.
@@ -25,7 +25,7 @@ Evaluation batches are drawn with seeds of their own (never the training stream'
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -41,6 +41,7 @@ from interplab.metrics import interpretability as interp
 from interplab.metrics.bootstrap import Estimate
 from interplab.metrics.description_length import DEFAULT_PRECISION, DescriptionLength
 from interplab.metrics.downstream import (
+    Baseline,
     LossRecovered,
     SiteBatch,
     checked_rows,
@@ -170,22 +171,37 @@ def evaluate(decomposer: Decomposer, subject: Subject, site: str, data: Iterable
     """Every yardstick metric defined for `subject`, on batches of model inputs `data` (what
     `subject.sample` returns; default: `n_batches` fresh held-out batches). `mean` (d,) overrides
     the mean-ablation baseline. Settings are the fields of `EvalSettings`."""
+    return evaluate_many({"only": decomposer}, subject, site, data, mean=mean, **settings)["only"]
+
+
+def evaluate_many(decomposers: Mapping[str, Decomposer], subject: Subject, site: str,
+                  data: Iterable[torch.Tensor] | None = None, *, mean: torch.Tensor | None = None,
+                  **settings: Any) -> dict[str, dict[str, Any]]:
+    """`evaluate` for several decompositions of one site at once, on the same batches: each
+    batch is drawn once and its clean and ablated runs are shared, so n methods cost 3 + n
+    forward passes per batch instead of 4n. Returns {name: what `evaluate` returns}."""
     cfg = build(EvalSettings, settings, where=" of evaluate")
+    if not decomposers:
+        raise UserError("evaluate_many needs at least one decomposition")
     if isinstance(data, (torch.Tensor, np.ndarray)):
         data = [torch.as_tensor(data)]  # one batch, not an iterable of rows
-    yardstick = _Yardstick(decomposer, subject, site, cfg, mean)
+    sticks = {name: _Yardstick(dec, subject, site, cfg) for name, dec in decomposers.items()}
     with torch.no_grad():
         for i, x in enumerate(draw_batches(subject, cfg) if data is None else data):
-            yardstick.add(x, f"evaluation batch {i}")
-    return yardstick.result()
+            if i == 0 and mean is None and next(iter(sticks.values())).has_loss:
+                # estimated on training-split draws of its own seed, at this batch size
+                mean = mean_activation(subject, site, cfg.mean_batches, x.shape[0], cfg.seed + 1)
+            base = None
+            for stick in sticks.values():
+                base = stick.add(x, f"evaluation batch {i}", mean, base)
+    return {name: stick.result() for name, stick in sticks.items()}
 
 
 class _Yardstick:
     """The accumulators of every metric defined for a subject, fed one batch of inputs at a time."""
 
-    def __init__(self, decomposer: Decomposer, subject: Subject, site: str, cfg: EvalSettings,
-                 mean: torch.Tensor | None):
-        self.decomposer, self.subject, self.site, self.cfg, self.mean = decomposer, subject, site, cfg, mean
+    def __init__(self, decomposer: Decomposer, subject: Subject, site: str, cfg: EvalSettings):
+        self.decomposer, self.subject, self.site, self.cfg = decomposer, subject, site, cfg
         self.lm = subject.tokenizer is not None
         self.has_loss = self.lm or subject.loss is not None
         norms = decomposer.components_.norm(dim=1)  # (m,) how much of x a unit code writes
@@ -198,14 +214,15 @@ class _Yardstick:
         self.loss: LossRecovered | None = None
         self.signed = False
 
-    def add(self, x: torch.Tensor, where: str) -> None:
+    def add(self, x: torch.Tensor, where: str, mean: torch.Tensor | None, base: Baseline | None) -> Baseline | None:
+        """Score one batch; `base` is the batch's shared baseline runs (None: computed here and
+        returned for the next decomposition scored on the same batch)."""
         if self.has_loss and self.loss is None:
-            if self.mean is None:  # estimated on training-split draws of its own seed, at this batch size
-                cfg = self.cfg
-                self.mean = mean_activation(self.subject, self.site, cfg.mean_batches, x.shape[0], cfg.seed + 1)
-            self.loss = LossRecovered(self.subject, self.site, self.mean)
+            assert mean is not None  # evaluate_many estimates it before the first batch
+            self.loss = LossRecovered(self.subject, self.site, mean)
         if self.loss is not None:
-            sb = self.loss.update(self.decomposer, x, where)
+            base = self.loss.baseline(x) if base is None else base
+            sb = self.loss.update(self.decomposer, x, where, base)
         else:
             sb = _site_batch(self.decomposer, self.subject, self.site, x, where)
         self.recon.update(sb.acts, sb.recon, sb.codes)
@@ -216,6 +233,7 @@ class _Yardstick:
             self.gt.update(x[:, :k], sb.codes)  # the inputs are the true codes, as in sample_activations
         if self.tok is not None:
             self.tok.add(x, sb.codes)
+        return base
 
     def result(self) -> dict[str, Any]:
         if self.recon.stats.n_batches == 0:
@@ -231,6 +249,8 @@ class _Yardstick:
         }
         if self.loss is not None:
             ests.update(self.loss.result(*boot))
+            s = self.loss.stats.stacked()  # per-batch sums, for paired comparisons between methods
+            details["per_batch_delta_ce_nats"] = ((s["loss_spliced"] - s["loss_clean"]) / s["n"]).tolist()
             details["loss_kind"] = "next-token cross-entropy, nats" if self.lm else "the subject's own loss"
         if self.gt is not None:
             features = self.subject.ground_truth["features"]
