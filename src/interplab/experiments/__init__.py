@@ -1,6 +1,12 @@
-"""Experiments: each composes subjects, methods and metrics into verdicts. Importing registers them."""
+"""Experiments: each composes subjects, methods and metrics into verdicts. Importing registers them.
 
-from interplab.experiments import superposition_intro  # noqa: F401  (registration)
+Every module of this package is imported here, so an experiment registers itself by existing:
+adding one is adding a file, with no list to keep in step.
+"""
+
+import importlib
+import pkgutil
+
 from interplab.experiments.base import (
     CI,
     EXPERIMENTS,
@@ -15,6 +21,9 @@ from interplab.experiments.base import (
     write_result,
 )
 from interplab.experiments.cruxes import run_cruxes
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")  # registration
 
 __all__ = [
     "CI",
