@@ -78,6 +78,18 @@ def test_fast_and_reference_training_end_close():
     assert abs(float(fast.forward(x).fvu) - float(slow.forward(x).fvu)) < 0.02
 
 
+def test_device_setting_trains_on_the_cpu_and_refuses_a_missing_gpu():
+    x = planted(512, seed=4)
+    dev = D.create("sae-topk", k=4, width=64, steps=5, batch_size=128, device="cpu").fit(x)
+    plain = D.create("sae-topk", k=4, width=64, steps=5, batch_size=128).fit(x)
+    assert torch.equal(dev.codec_.W_enc, plain.codec_.W_enc)  # the device changes where, not what
+    missing = "cuda:99" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(UserError, match="not available on this machine"):
+        D.create("sae-topk", k=4, width=64, steps=5, device=missing).fit(x)
+    with pytest.raises(UserError, match="not a device name"):
+        D.create("sae-topk", k=4, width=64, steps=5, device="gpu-please").fit(x)
+
+
 # --- resume after a kill ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["sae-topk", "sae-batchtopk", "sae-jumprelu"])
 def test_resume_after_stop_gives_identical_weights(name, tmp_path):

@@ -22,3 +22,20 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def device(name: str) -> torch.device:
+    """The torch device called `name` ("cpu", "cuda", "cuda:1", "mps"), refused with a clear
+    message when it does not exist on this machine."""
+    from interplab.errors import UserError
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"'{name}' is not a device name; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"device '{name}' is not available on this machine (torch sees "
+                        f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} CUDA GPUs); use device=cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device '{name}' is not available on this machine; use device=cpu")
+    return dev

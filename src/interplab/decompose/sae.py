@@ -251,6 +251,8 @@ class SAESettings(Settings):
     dead_tokens: int | None = Field(default=None, ge=1)
     """A latent is dead after this many tokens without firing (None: a tenth of the run, at least
     10 batches, at most 10M tokens)."""
+    device: str = "cpu"
+    """Where fit trains ("cpu", "cuda", ...); the fitted SAE lives on the CPU."""
 
 
 class SparsitySettings(SAESettings):

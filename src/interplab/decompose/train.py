@@ -37,6 +37,7 @@ from interplab.decompose.sae import SAE, SAEDecomposer
 from interplab.decompose.steps import FastTopKStep, ReferenceStep
 from interplab.decompose.streams import Stream, generator, make_stream
 from interplab.errors import UserError
+from interplab.runtime import device
 
 FORMAT = "interplab-sae-checkpoint/1"
 
@@ -89,6 +90,10 @@ class TrainConfig(Config):
     busy with other work, 1 avoids OpenMP threads waiting on each other."""
     log_every: int = Field(default=10, ge=1)
     """Steps between updates of the progress line (FVU, L0, dead fraction)."""
+    device: str = "cpu"
+    """Where the steps run ("cpu", "cuda", "cuda:N", "mps"). Off the CPU every architecture takes the
+    autograd step (the fast TopK step is built for CPU sparse kernels); the trained SAE comes back
+    on the CPU. Resuming is bit-identical on the CPU only (GPU kernels need not be deterministic)."""
 
 
 def lr_scale(step: int, total: int | None, warmup: float, decay: float) -> float:
@@ -152,7 +157,7 @@ def save_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], m
     stem = f"step_{step:09d}"
     weights, info = folder / f"{stem}.safetensors", folder / f"{stem}.json"
     tmp = weights.with_name(weights.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"step": str(step)})
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"step": str(step)})
     os.replace(tmp, weights)
     tmp = info.with_name(info.name + ".tmp")
     tmp.write_text(json.dumps({"format": FORMAT, "step": step, **meta}, indent=1))
@@ -195,7 +200,7 @@ class _Loop:
 
 def _identity(module: SAE, cfg: TrainConfig, scale: float) -> dict[str, Any]:
     """What must match for a checkpoint to continue this run (settings that change no number are left out)."""
-    c = cfg.model_dump(mode="json", exclude={"checkpoint_every", "threads", "log_every"})
+    c = cfg.model_dump(mode="json", exclude={"checkpoint_every", "threads", "log_every", "device"})
     return {"module": type(module).__name__, "d_in": module.d_in, "d_sae": module.d_sae, "k": module.k,
             "scale": scale, "config": c}
 
@@ -228,7 +233,10 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
     lr = cfg.lr or min(1e-2, 2e-4 / math.sqrt(module.d_sae / 2**14))
     run_tokens = total * stream.batch_size if total else 10**8
     dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(10 * stream.batch_size, run_tokens // 10)))
-    kind = FastTopKStep if cfg.fast and FastTopKStep.applies(module) else ReferenceStep
+    dev = device(cfg.device)
+    module.to(dev)
+    on_cpu = dev.type == "cpu"
+    kind = FastTopKStep if cfg.fast and on_cpu and FastTopKStep.applies(module) else ReferenceStep
     step_fn = kind(module, lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.aux_coefficient)
     loop = _Loop(0, cfg.sparsity_coefficient, 0.0, torch.zeros(module.d_sae, dtype=torch.long))
     identity = _identity(module, cfg, scale)
@@ -245,10 +253,11 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
             if x is None:
                 break
             ramp = min(1.0, (loop.step + 1) / warm)
-            out = step_fn(x * scale, loop.since >= dead_tokens, lr_scale(loop.step, total, cfg.warmup, cfg.decay),
+            dead_now = (loop.since >= dead_tokens).to(dev)  # (d_sae,)
+            out = step_fn(x.to(dev) * scale, dead_now, lr_scale(loop.step, total, cfg.warmup, cfg.decay),
                           loop.coef * ramp)
             loop.since += x.shape[0]
-            loop.since[out.fired] = 0
+            loop.since[out.fired.cpu()] = 0
             l0 = float(out.l0)
             loop.ema_l0 = l0 if loop.step == 0 else 0.9 * loop.ema_l0 + 0.1 * l0
             if cfg.target_l0 is not None and ramp >= 1.0:
@@ -264,7 +273,7 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
                 meta = {"coef": loop.coef, "ema_l0": loop.ema_l0, "identity": identity}
                 save_checkpoint(folder, loop.step, state, meta)
     step_fn.finish()
-    return module
+    return module.cpu()
 
 
 # --- entry points -----------------------------------------------------------------------------------
@@ -276,7 +285,7 @@ def config_from_settings(dec: SAEDecomposer) -> TrainConfig:
         seed=s.seed, aux_coefficient=getattr(s, "aux_coefficient", 0.0),
         sparsity_coefficient=getattr(s, "sparsity_coefficient", 0.0),
         sparsity_warmup=getattr(s, "sparsity_warmup", 0.0),
-        target_l0=s.k if dec.adapts_coefficient and s.k is not None else None,
+        target_l0=s.k if dec.adapts_coefficient and s.k is not None else None, device=s.device,
     )
 
 

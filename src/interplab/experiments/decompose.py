@@ -126,6 +126,8 @@ class DecomposeConfig(Config):
     """Tokens per SAE step."""
     sae_lr: float | None = Field(None, gt=0)
     """SAE learning rate (None: the trainer's width-dependent default)."""
+    sae_device: str = "cpu"
+    """Where the SAEs train ("cuda" on a GPU machine: the default scale's wide SAEs dominate the run)."""
     ica_max_samples: int = Field(20_000, ge=2)
     """Rows FastICA fits on."""
     ica_max_iter: int = Field(200, ge=1)
@@ -253,7 +255,7 @@ def variants(study: Study, cfg: DecomposeConfig) -> list[Variant]:
     for name in study.methods:
         if issubclass(DECOMPOSITIONS.get(name), SAEDecomposer):
             s = {"width": cfg.width_factor * d, "steps": study.sae_steps, "batch_size": cfg.sae_batch_size,
-                 "seed": cfg.seed, "lr": cfg.sae_lr}
+                 "seed": cfg.seed, "lr": cfg.sae_lr, "device": cfg.sae_device}
             out.append(Variant(name, name, s, True))
             continue
         extra = {"max_samples": cfg.ica_max_samples, "max_iter": cfg.ica_max_iter} if name == "ica" else {}
