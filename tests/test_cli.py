@@ -31,7 +31,9 @@ def test_list_commands():
     for name in ("tms", "synthetic", "maxofk", "mlp", "smollm2", "hf:", "tiny-llama"):
         assert name in r.stdout
     r = cli("list", "experiments")
-    assert r.returncode == 0 and "superposition-intro" in r.stdout
+    assert r.returncode == 0
+    for name in ("decompose", "superposition", "hypotheses", "estimators", "lpe"):
+        assert name in r.stdout
     r = cli("list", "sites", "tiny-llama")
     assert r.returncode == 0 and "resid_post.1" in r.stdout and "mlp_hidden.0" in r.stdout
 
@@ -43,10 +45,11 @@ def test_prepare_harvest_run_and_cruxes(tmp_path):
             "--set", "steps=200", "--quiet")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "manifest.json").read_text())["complete"]
-    r = cli("run", "superposition-intro", "--set", "steps=50", "--set", "seeds=1", "--out", str(tmp_path / "r"),
-            "--quiet")
+    r = cli("run", "superposition-intro", "--small", "--set", "steps=50", "--set", "seeds=1", "--out",
+            str(tmp_path / "r"), "--quiet")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "r" / "results.json").is_file() and (tmp_path / "r" / "index.html").is_file()
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["config"]["steps"] == 50  # --set beats --small
     assert "report:" in r.stdout.strip().splitlines()[-1]
     r = cli("run", "superposition-intro", "--help-config")
     assert r.returncode == 0 and "steps" in r.stdout

@@ -132,6 +132,7 @@ def run(
     sets: Sets = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/EXPERIMENT).")] = None,
     help_config: Annotated[bool, typer.Option("--help-config", help="Show the config keys and exit.")] = False,
+    small: Annotated[bool, typer.Option("--small", help="Start from the small scale `cruxes` runs (minutes on a CPU).")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Run one experiment; writes results.json, figures and index.html."""
@@ -146,7 +147,8 @@ def run(
             typer.echo(f"{name} ({typ}, default {default}): {doc}")
         return
     out = out or Path("runs") / experiment
-    result = run_experiment(experiment, parse_set(sets), out, config_file=config)
+    overrides = {**(exp.small if small else {}), **parse_set(sets)}  # --set wins over --small
+    result = run_experiment(experiment, overrides, out, config_file=config)
     print_result(result)
     typer.echo(f"report: {(out / 'index.html').resolve()}")
 

@@ -191,6 +191,8 @@ class Experiment:
     title: ClassVar[str] = ""
     Config: ClassVar[type[Config]]
     small: ClassVar[dict[str, Any]] = {}  # overrides that `interplab cruxes` runs with
+    in_cruxes: ClassVar[bool] = True  # False for an experiment another one already contains
+    order: ClassVar[int] = 100  # place in the cruxes table (DESIGN's order of the cruxes)
 
     def run(self, cfg: Any) -> Result:
         raise NotImplementedError

@@ -387,6 +387,7 @@ class DecomposeExperiment(Experiment):
     """Every decomposition on planted, toy and LM activations at matched budgets, one yardstick."""
 
     name = "decompose"
+    order = 1
     title = "Sparse autoencoders against PCA, ICA, neurons and random directions at matched budgets"
     Config = DecomposeConfig
     small: ClassVar[dict[str, Any]] = {

@@ -246,6 +246,7 @@ class EstimatorsExperiment(Experiment):
     """Mean / covariance / cumulant propagation against Monte Carlo at equal FLOPs; damage of independence per basis."""
 
     name = "estimators"
+    order = 4
     title = "Heuristic estimators: presumed independence against sampling, at equal compute"
     Config = EstimatorsConfig
     small: ClassVar[dict[str, Any]] = {

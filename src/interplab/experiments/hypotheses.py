@@ -251,6 +251,7 @@ class Hypotheses(Experiment):
     """1a, 1b, 2a, 2b on toy ground truth and on an LM (SAE latents as proxy), each against a null."""
 
     name = "hypotheses"
+    order = 3
     title = "Polysemanticity, sparsity and superposition (1a, 1b, 2a, 2b) against a null"
     Config = HypothesesConfig
     small: ClassVar[dict[str, Any]] = {"tms_seeds": 4, "tms_samples": 8000, "synthetic_samples": 8000, "n_rotations": 30, "n_boot": 1000,

@@ -180,6 +180,7 @@ class LPE(Experiment):
     """Estimate rare outputs of character transformers far below the sampling floor, against exact truth."""
 
     name = "lpe"
+    order = 5
     title = "Low-probability estimation: importance sampling vs activation extrapolation vs propagation"
     Config = LPEConfig
     small: ClassVar[dict[str, Any]] = {

@@ -241,6 +241,7 @@ class Superposition(Experiment):
     """Toy Models of Superposition: intro figure, 2-in-1 phase diagram, geometry, neuron model."""
 
     name = "superposition"
+    order = 2
     title = "Toy Models of Superposition reproduced: phase diagram, geometry, neuron model"
     Config = SuperpositionConfig
     small: ClassVar[dict[str, Any]] = {"intro_steps": 3000, "phase_grid": 12, "phase_steps": 2000, "phase_batch_size": 256,

@@ -249,6 +249,7 @@ class SuperpositionIntro(Experiment):
     title = "Superposition appears as features get sparser (TMS figure 1)"
     Config = IntroConfig
     small = {"steps": 3000}
+    in_cruxes = False  # `superposition` reproduces this figure as its first part
 
     def run(self, cfg: IntroConfig) -> Result:
         ui.info(f"training {cfg.n_densities * cfg.seeds} instances for {cfg.steps} steps")
