@@ -39,8 +39,8 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
-def fmt(value: Any) -> str:
-    """Numbers to 4 significant digits (integers as integers), None/NaN as an em dash."""
+def fmt(value: Any, digits: int = 4) -> str:
+    """Numbers to `digits` significant digits (integers as integers), None/NaN as an em dash."""
     if value is None or isinstance(value, jinja2.Undefined):
         return "—"
     if isinstance(value, bool):
@@ -52,14 +52,14 @@ def fmt(value: Any) -> str:
             return "—"
         if value.is_integer() and abs(value) < 1e6:
             return str(int(value))
-        return f"{value:.4g}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
-def fmt_ci(ci: Sequence[Any] | None) -> str:
+def fmt_ci(ci: Sequence[Any] | None, digits: int = 4) -> str:
     if not ci or len(ci) != 2:
         return "—"
-    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+    return f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
 
 
 def verdict_class(word: str | None) -> str:

@@ -28,9 +28,10 @@ def verdicts_table(rows: Sequence[Mapping[str, Any]], title: str | None = "Verdi
     """A rich Table of verdict dicts; the experiment is shown when rows carry one."""
     show_exp = any("experiment" in r for r in rows)
     table = Table(title=title, show_lines=len(rows) > 1, header_style="bold")
-    # Experiment and subject go on lines of the crux cell rather than columns of their own, so
-    # the numbers and the verdict still fit an 80-column terminal.
-    table.add_column("experiment / crux / subject" if show_exp else "crux / subject", min_width=20, ratio=1)
+    # Experiment and subject go on lines of the crux cell rather than columns of their own, and
+    # numbers get 3 significant digits (results.json and the HTML report keep them all), so the
+    # numbers and the verdict still fit an 80-column terminal.
+    table.add_column("experiment / crux / subject" if show_exp else "crux / subject", min_width=16, ratio=1)
     table.add_column("statistic", justify="right", no_wrap=True)
     table.add_column("95% CI", justify="right", no_wrap=True)
     table.add_column("null", justify="right", no_wrap=True)
@@ -44,9 +45,9 @@ def verdicts_table(rows: Sequence[Mapping[str, Any]], title: str | None = "Verdi
             crux += f"\n[dim]{escape(str(r['subject']))}[/dim]"
         cells = [
             crux,
-            fmt(r.get("statistic")),
-            fmt_ci(r.get("ci")),
-            fmt(r.get("null")),
+            fmt(r.get("statistic"), 3),
+            fmt_ci(r.get("ci"), 3),
+            fmt(r.get("null"), 3),
             f"[{_STYLE.get(word, 'bold')}]{word}[/]",
         ]
         table.add_row(*cells)
