@@ -15,7 +15,8 @@ import pytest
 from interplab.errors import UserError
 from interplab.experiments import EXPERIMENTS, run_experiment
 from interplab.experiments.base import build_config
-from interplab.experiments.decompose import OPTIONAL, REQUIRED, difference, pick_sae, verdicts_for
+from interplab.experiments.decompose import OPTIONAL, REQUIRED
+from interplab.experiments.decompose_verdicts import difference, pick_sae, verdicts_for
 
 TINY: dict[str, Any] = {
     "methods": ["identity", "pca", "sae-topk"],
@@ -106,20 +107,23 @@ def test_difference_is_paired_when_per_batch_values_exist_else_conservative() ->
 
 def test_pick_sae_respects_the_budget() -> None:
     res = {
-        "pca": {"sae": False, "l0": 8.0, "fvu": 0.1},
-        "sae-topk": {"sae": True, "l0": 8.0, "fvu": 0.3},
-        "sae-jumprelu": {"sae": True, "l0": 20.0, "fvu": 0.05},  # better FVU, but over budget
-        "sae-relu": {"sae": True, "l0": 8.5, "fvu": 0.2},  # within 10% slack
+        "pca": {"sae": False, "select_l0": 8.0, "select_fvu": 0.1},
+        "sae-topk": {"sae": True, "select_l0": 8.0, "select_fvu": 0.3},
+        "sae-jumprelu": {"sae": True, "select_l0": 20.0, "select_fvu": 0.05},  # better FVU, but over budget
+        "sae-relu": {"sae": True, "select_l0": 8.5, "select_fvu": 0.2},  # within 10% slack
+        "sae-batchtopk": {"sae": True, "select_l0": 8.0, "select_fvu": 0.25, "fvu": 0.01},  # held-out FVU unused
     }
     assert pick_sae(res, 8, 0.1) == "sae-relu"
-    assert pick_sae(res, 8, 0.0) == "sae-topk"
+    assert pick_sae(res, 8, 0.0) == "sae-batchtopk"
 
 
 def test_a_pca_win_is_reported_as_not_supported() -> None:
     cfg = build_config("decompose", {"n_boot": 200})
     res = {
-        "pca": {**_entry(0.1, (0.09, 0.11), [0.1, 0.09, 0.11]), "sae": False, "l0": 8.0},
-        "sae-topk": {**_entry(0.3, (0.29, 0.31), [0.3, 0.29, 0.31]), "sae": True, "l0": 8.0},
+        "pca": {**_entry(0.1, (0.09, 0.11), [0.1, 0.09, 0.11]), "sae": False, "l0": 8.0, "select_l0": 8.0,
+                "select_fvu": 0.1},
+        "sae-topk": {**_entry(0.3, (0.29, 0.31), [0.3, 0.29, 0.31]), "sae": True, "l0": 8.0, "select_l0": 8.0,
+                     "select_fvu": 0.3},
     }
     (v,) = verdicts_for("toy", res, 8, cfg)
     assert v.verdict == "not supported" and v.statistic == pytest.approx(-0.2) and "PCA wins" in v.note
@@ -130,6 +134,8 @@ def test_config_rejects_unknown_methods_and_layers() -> None:
         build_config("decompose", {"methods": ["pca", "sae-nope"]})
     with pytest.raises(UserError, match="ks"):
         build_config("decompose", {"ks": []})
+    with pytest.raises(UserError, match="not a device name"):
+        build_config("decompose", {"sae_device": "gpu-please"})  # refused before any work starts
     small = build_config("decompose", EXPERIMENTS.get("decompose").small)
     assert small.ks == [32] and "sae-topk" in small.lm_methods and "pca" in small.lm_methods
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
-from interplab import ui
+from interplab import cache, ui
 from interplab.cache import sha256_file
 from interplab.config import Config
 from interplab.errors import UserError
@@ -288,3 +289,19 @@ class ActivationStore:
     def all(self, site: str) -> torch.Tensor:
         """Every row at `site` in order, as float32. (rows, *shape) — for stores that fit in memory."""
         return torch.cat([self.shard(i, site).float() for i in range(len(self))])
+
+
+def harvest_rows(subject: Subject, sites: list[str], tokens: int, seed: int, batch_size: int,
+                 cached: bool, split: str = "train") -> dict[str, torch.Tensor]:
+    """Activations (tokens, d) per site, in memory, through a harvest (early-stopped forwards, BOS
+    dropped). `cached`: the shards stay in the user cache, keyed by the harvest's settings, so a
+    rerun reuses them (what LM experiments want); otherwise they go to a temporary folder."""
+    hcfg = HarvestConfig(subject=subject.name, subject_config=dict(subject.config), sites=sites, tokens=tokens,
+                         batch_size=batch_size, seed=seed, split=split)
+    if cached:
+        folder = cache.entry("decompose-activations", hcfg.model_dump(mode="json"))
+        store = ActivationStore(harvest(subject, hcfg, folder))
+        return {s: store.all(s).reshape(tokens, -1) for s in sites}
+    with tempfile.TemporaryDirectory(prefix="interplab-harvest-") as tmp:
+        store = ActivationStore(harvest(subject, hcfg, Path(tmp)))
+        return {s: store.all(s).reshape(tokens, -1) for s in sites}

@@ -24,14 +24,16 @@ results.json layout:
     metrics[subject][method] = {fvu, l0, dead_frac, ce_score_zero, ce_score_mean, delta_ce_nats,
         kl_score, bits_per_token, [mmcs, mcc, f1, interp_score], k, ci: {key: [low, high]},
         details: {scalar side numbers, per_batch_fvu, per_batch_delta_ce_nats}, fit_seconds,
+        select_fvu, select_l0 (on training rows, for choosing the SAE),
         eval_seconds (the shared evaluation's time split evenly over the methods),
         "k8": {the same at k = 8}, ...}
 The top level holds the headline budget (the largest k); each other k sits under "k<k>". A key
 the subject does not define is null: synthetic has no loss (no CE scores), KL needs logits (LMs).
 
-Verdicts, at every k and per subject: the SAE compared is the one with the lowest held-out FVU
-among those within budget (L0 <= k (1 + budget_slack); TopK always is), fixed once per subject
-and k so that no metric picks its own SAE; PCA is the sign-split one. Statistics are signed so
+Verdicts, at every k and per subject: the SAE compared is the one with the lowest FVU among those
+within budget (L0 <= k (1 + budget_slack); TopK always is), both measured on training rows
+(`select_fvu`, `select_l0`) so that the scored batches play no part in the choice, and fixed once
+per subject and k so that no metric picks its own SAE; PCA is the sign-split one. Statistics are signed so
 that > 0 favours the SAE: FVU(PCA) - FVU(SAE), delta CE(PCA) - delta CE(SAE) in nats, and
 MCC(SAE) - MCC(PCA) (planted and TMS) or interp_score(SAE) - interp_score(PCA) (LMs). The FVU and
 delta CE CIs are paired bootstraps over the shared evaluation batches; the MCC and interpretability
@@ -51,33 +53,35 @@ and JumpReLU SAEs are left out on the LM, whose short-trained mean-L0 SAEs miss 
 from __future__ import annotations
 
 import contextlib
-import math
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from interplab import cache, ui
+from interplab import ui
 from interplab.config import Config
 from interplab.decompose import DECOMPOSITIONS, create
 from interplab.decompose.sae import SAEDecomposer
 from interplab.errors import UserError
-from interplab.experiments.base import CI, Experiment, Result, Verdict, bootstrap_ci, decide, register
-from interplab.experiments.decompose_figures import CAPTIONS, figures, headline, methods_table, summarise
+from interplab.experiments.base import Experiment, Result, Verdict, register
+from interplab.experiments.decompose_figures import (
+    CAPTIONS,
+    figures,
+    headline,
+    methods_table,
+    summarise,
+)
+from interplab.experiments.decompose_verdicts import pick_sae, verdicts_for
 from interplab.hooks import activations
-from interplab.runtime import single_thread
-from interplab.metrics import evaluate_many
+from interplab.metrics import evaluate_many, fvu
 from interplab.metrics.groundtruth import GroundTruth, mmcs, random_floor
-from interplab.store import ActivationStore, HarvestConfig, harvest
+from interplab.runtime import device, single_thread
+from interplab.store import harvest_rows  # noqa: F401  (also used by hypotheses_lm)
 from interplab.subjects import load_subject
 from interplab.subjects.base import Subject
 
-CRUX = "sparse codes (SAE) give more faithful and more interpretable features than PCA at matched budget"
 LINEAR = ("identity", "random", "pca", "ica")
 ALL_METHODS = ["identity", "random", "pca", "ica", "sae-relu", "sae-topk", "sae-batchtopk", "sae-jumprelu"]
 REQUIRED = ("fvu", "l0", "dead_frac", "ce_score_zero", "ce_score_mean", "delta_ce_nats", "kl_score", "bits_per_token")
@@ -155,6 +159,12 @@ class DecomposeConfig(Config):
             DECOMPOSITIONS.get(name)  # unknown name: one clear error with the choices
         return v
 
+    @field_validator("sae_device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        device(v)  # a missing GPU is refused now, not after the harvest and the linear fits
+        return v
+
     @field_validator("ks")
     @classmethod
     def _ks(cls, v: list[int]) -> list[int]:
@@ -187,21 +197,6 @@ class Variant(NamedTuple):
 
 
 # --- data ----------------------------------------------------------------------------------------
-def harvest_rows(subject: Subject, sites: list[str], tokens: int, seed: int, batch_size: int,
-                 cached: bool) -> dict[str, torch.Tensor]:
-    """Training-split activations (tokens, d) per site, through the activation store (early-stopped
-    forwards, BOS dropped); an LM harvest is kept in the user cache so that a rerun reuses it."""
-    hcfg = HarvestConfig(subject=subject.name, subject_config=dict(subject.config), sites=sites, tokens=tokens,
-                         batch_size=batch_size, seed=seed, split="train")
-    if cached:
-        folder = cache.entry("decompose-activations", hcfg.model_dump(mode="json"))
-        store = ActivationStore(harvest(subject, hcfg, folder))
-        return {s: store.all(s).reshape(tokens, -1) for s in sites}
-    with tempfile.TemporaryDirectory(prefix="interplab-decompose-") as tmp:
-        store = ActivationStore(harvest(subject, hcfg, Path(tmp)))
-        return {s: store.all(s).reshape(tokens, -1) for s in sites}
-
-
 def eval_batches(subject: Subject, n: int, size: int, seed: int) -> list[torch.Tensor]:
     """Held-out model inputs: the test split, generators apart from the training stream's."""
     return [subject.sample(size, torch.Generator().manual_seed((seed + 7_777) * 1_000_003 + b), split="test")
@@ -282,21 +277,37 @@ def tms_ground_truth(dec: Any, study: Study, n_boot: int, seed: int) -> dict[str
     return {**out, "ci": ci, "details": {"mmcs_random_floor": floor, "n_true_features": int(study.truth.shape[0])}}
 
 
-def fit(study: Study, v: Variant, k: int) -> tuple[Any, float]:
-    """One method fitted at budget k on the study's training rows, and the seconds it took. Toy
-    sites fit on one thread: their ops are small, and spinning OpenMP threads on shared cores slow
-    them down many times over; LM sites keep torch's threads for their wide matrix multiplies."""
+class Fitted(NamedTuple):
+    dec: Any  # the fitted decomposer
+    seconds: float  # time to fit
+    select_fvu: float  # FVU on (up to SELECT_ROWS) training rows: chooses the SAE of the verdicts
+    select_l0: float  # mean L0 on the same rows: whether the SAE is within budget
+
+
+SELECT_ROWS = 8192
+
+
+def fit(study: Study, v: Variant, k: int) -> Fitted:
+    """One method fitted at budget k on the study's training rows, with its FVU and L0 on those
+    rows (for choosing the SAE without looking at the scored batches). Toy sites fit on one
+    thread: their ops are small, and spinning OpenMP threads on shared cores slow them down many
+    times over; LM sites keep torch's threads for their wide matrix multiplies."""
     start = time.perf_counter()
     with single_thread() if study.toy else contextlib.nullcontext():
         dec = create(v.name, k=k, **v.settings).fit(study.train)
-    return dec, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        rows = study.train[-SELECT_ROWS:].float()  # (n, d)
+        with torch.no_grad():
+            out = dec.forward(rows)
+        l0 = float((out.codes != 0).sum(1).double().mean())
+    return Fitted(dec, seconds, fvu(rows, out.recon), l0)
 
 
-def score_all(study: Study, fitted: dict[str, tuple[Any, float]], k: int, cfg: DecomposeConfig) -> dict[str, dict[str, Any]]:
+def score_all(study: Study, fitted: dict[str, Fitted], k: int, cfg: DecomposeConfig) -> dict[str, dict[str, Any]]:
     """Every fitted method evaluated on the held-out batches, the batches' clean and ablated runs
     shared by all (`evaluate_many`), plus TMS ground truth; one results entry per method."""
     start = time.perf_counter()
-    decs = {key: dec for key, (dec, _) in fitted.items()}
+    decs = {key: f.dec for key, f in fitted.items()}
     with single_thread() if study.toy else contextlib.nullcontext():
         scored = evaluate_many(decs, study.subject, study.site, study.batches, mean=study.mean, n_boot=cfg.n_boot,
                                seed=cfg.seed, amortize_tokens=study.train.shape[0])
@@ -307,11 +318,11 @@ def score_all(study: Study, fitted: dict[str, tuple[Any, float]], k: int, cfg: D
                 scored[key]["ci"].update(gt["ci"])
                 scored[key]["details"].update(gt["details"])
     eval_seconds = (time.perf_counter() - start) / len(decs)
-    return {key: entry(res, k, fitted[key][1], eval_seconds, isinstance(decs[key], SAEDecomposer))
+    return {key: entry(res, k, fitted[key], eval_seconds, isinstance(decs[key], SAEDecomposer))
             for key, res in scored.items()}
 
 
-def entry(res: dict[str, Any], k: int, fit_seconds: float, eval_seconds: float, sae: bool) -> dict[str, Any]:
+def entry(res: dict[str, Any], k: int, f: Fitted, eval_seconds: float, sae: bool) -> dict[str, Any]:
     """The results.json entry of one method at one budget, from what `evaluate` returned."""
     out: dict[str, Any] = {key: res.get(key) for key in REQUIRED}
     out.update({key: res[key] for key in OPTIONAL if key in res})
@@ -319,58 +330,8 @@ def entry(res: dict[str, Any], k: int, fit_seconds: float, eval_seconds: float, 
     for key in ("per_batch_fvu", "per_batch_delta_ce_nats"):  # for paired differences between methods
         if key in res["details"]:
             details[key] = res["details"][key]
-    out.update(k=k, ci=res["ci"], details=details, fit_seconds=fit_seconds, eval_seconds=eval_seconds, sae=sae)
-    return out
-
-
-# --- verdicts ------------------------------------------------------------------------------------
-def difference(a: dict[str, Any], b: dict[str, Any], key: str, n_boot: int, seed: int) -> tuple[float, CI, str]:
-    """a[key] - b[key] and its 95% CI: a paired bootstrap over the shared evaluation batches where
-    both carry per-batch values, else the two marginal CIs combined as if independent."""
-    pa, pb = a["details"].get(f"per_batch_{key}"), b["details"].get(f"per_batch_{key}")
-    if pa and pb:
-        diff = np.asarray(pa, dtype=float) - np.asarray(pb, dtype=float)  # (n_batches,)
-        return float(diff.mean()), bootstrap_ci(diff, n_boot=max(n_boot, 1), seed=seed), "paired bootstrap over batches"
-    va, vb = a.get(key), b.get(key)
-    if va is None or vb is None:
-        return math.nan, CI(math.nan, math.nan), "undefined"
-    (la, ha), (lb, hb) = a["ci"].get(key, (math.nan, math.nan)), b["ci"].get(key, (math.nan, math.nan))
-    d = va - vb
-    low = d - math.hypot(va - la, hb - vb)
-    high = d + math.hypot(ha - va, vb - lb)
-    return d, CI(low, high), "marginal CIs combined as if independent (conservative)"
-
-
-def pick_sae(res: dict[str, dict[str, Any]], k: int, slack: float) -> str | None:
-    """The within-budget SAE with the lowest held-out FVU."""
-    ok = [m for m, r in res.items() if r["sae"] and r["l0"] is not None and r["l0"] <= k * (1 + slack) + 1e-9]
-    return min(ok, key=lambda m: res[m]["fvu"]) if ok else None
-
-
-def verdicts_for(key: str, res: dict[str, dict[str, Any]], k: int, cfg: DecomposeConfig) -> list[Verdict]:
-    """The crux on one subject at budget k, one verdict per aspect the subject defines."""
-    sae = pick_sae(res, k, cfg.budget_slack)
-    pca = next((m for m in ("pca", "pca-rank") if m in res), None)  # sign-split unless only rank was run
-    if sae is None or pca is None:
-        return []
-    kind = "sign-split" if pca == "pca" else "rank-k"
-    s, p = res[sae], res[pca]
-    interp = "interp_score" if s.get("interp_score") is not None else "mcc"
-    aspects = [("fvu", "faithful: reconstruction, FVU(PCA) - FVU(SAE)", p, s),
-               ("delta_ce_nats", "faithful: loss when spliced in, ΔCE(PCA) - ΔCE(SAE)", p, s),
-               (interp, f"interpretable: {interp}(SAE) - {interp}(PCA)", s, p)]
-    out = []
-    for metric, what, a, b in aspects:
-        if a.get(metric) is None or b.get(metric) is None:
-            continue
-        stat, ci, how = difference(a, b, metric, cfg.n_boot, cfg.seed)
-        word = decide(ci, 0.0)
-        winner = {"supported": "the SAE wins", "not supported": "PCA wins"}.get(word, "no clear winner")
-        note = (f"k={k}: {sae} (L0 {s['l0']:.3g}) {metric}={s[metric]:.4g} against {kind} PCA (L0 {p['l0']:.3g}) "
-                f"{metric}={p[metric]:.4g}; {winner}. Statistic > 0 favours the SAE; CI: {how}. The SAE is the "
-                "within-budget one with the lowest held-out FVU. ΔCE is in nats for LMs, in the subject's own loss "
-                "for toy models.")
-        out.append(Verdict(f"{CRUX} — {what}", stat, (ci.low, ci.high), 0.0, word, subject=f"{key} @ k={k}", note=note))
+    out.update(k=k, ci=res["ci"], details=details, fit_seconds=f.seconds, eval_seconds=eval_seconds, sae=sae,
+               select_fvu=f.select_fvu, select_l0=f.select_l0)
     return out
 
 
@@ -406,7 +367,7 @@ class DecomposeExperiment(Experiment):
             per: dict[int, dict[str, dict[str, Any]]] = {k: {} for k in cfg.ks}
             with ui.progress(f"decompose {study.key}: fitting", len(vs) * len(cfg.ks)) as advance:
                 for k in cfg.ks:
-                    fitted = {}
+                    fitted: dict[str, Fitted] = {}
                     for v in vs:
                         fitted[v.key] = fit(study, v, k)
                         advance(1, k=k, method=v.key)
