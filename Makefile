@@ -34,6 +34,9 @@ test-all: env
 bench: env
 	$(BIN)/python bench/capture_overhead.py
 	$(BIN)/python bench/harvest_memory.py
+	$(BIN)/python bench/tms_batched.py
+	$(BIN)/python bench/estimators_vs_sampling.py --quick
+	$(BIN)/python bench/lpe_cost.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
