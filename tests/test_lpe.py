@@ -201,3 +201,101 @@ def test_experiment_end_to_end_on_tiny_settings(tmp_path, tmp_cache):
     assert set(data["metrics"]["1L"]) == {"naive", "itgis", "mhis", "qld", "gld", "propagate"}
     assert len(data["verdicts"]) == 3 and (tmp_path / "figures" / "scatter.png").is_file()
     assert data["metrics"]["subjects"]["1L"]["char_loss"] < data["metrics"]["subjects"]["1L"]["unigram_loss"]
+
+
+def test_config_refuses_bad_budgets_and_target_range():
+    from pydantic import ValidationError
+
+    from interplab.experiments.lpe import LPEConfig
+
+    with pytest.raises(ValidationError):
+        LPEConfig(budgets=[1024, 2])
+    with pytest.raises(ValidationError, match="p_low"):
+        LPEConfig(p_low=1e-3, p_high=1e-5)
+    assert LPEConfig(budgets=[3]).budgets == [3]
+
+
+@pytest.mark.parametrize("method, minimum", [("itgis", 3), ("mhis", 6)])
+def test_sequential_methods_refuse_a_budget_below_one_step(method, minimum, quiet_single_thread):
+    from interplab.errors import UserError
+
+    problem = Problem(tiny_model(3), skewed_dists(4, 6, 0.5), target=7)
+    with pytest.raises(UserError, match=f"at least {minimum}"):
+        estimate(problem, method, minimum - 1, seed=0)
+    assert estimate(problem, method, minimum, seed=0).cost > 0
+
+
+def _fake_scored(models=("1L", "2L"), dists=("a", "b", "c"), targets=4, methods_=("naive", "qld")):
+    rng = np.random.default_rng(0)
+    rows = []
+    for m in models:
+        for d in dists:
+            for t in range(targets):
+                p = 10 ** rng.uniform(-8, -4)
+                for meth in methods_:
+                    q = p * 10 ** rng.normal(0, 0.5)
+                    rows.append({"model": m, "dist": d, "target": t, "truth": p, "method": meth, "budget": 64,
+                                 "estimate": q, "cost": 64})
+    return rows
+
+
+def test_calibration_folds_keep_each_distribution_group_whole():
+    from interplab.experiments.lpe_figures import calibrate, calibration_folds, score
+
+    scored = score(_fake_scored(), 1e-12)
+    half = calibration_folds(scored, seed=3)
+    assert set(half) == {(m, d) for m in ("1L", "2L") for d in "abc"}  # one fold per group, not per target
+    for m in ("1L", "2L"):
+        assert {half[(m, d)] for d in "abc"} == {0, 1}  # each model has groups in both folds
+    out = calibrate(scored, seed=3)
+    assert len(out) == len(scored) and all(np.isfinite(r["is_loss_fitted"]) for r in out)
+    # a model with a single group is fitted on the other fold pooled over models, not left as identity
+    one = score(_fake_scored(models=("1L",), dists=("a",)) + _fake_scored(models=("2L",)), 1e-12)
+    fitted = [r for r in calibrate(one, seed=0) if r["model"] == "1L"]
+    assert any(r["q_fitted"] != pytest.approx(r["q"]) for r in fitted)
+
+
+def test_cluster_bootstrap_resamples_groups():
+    from interplab.experiments.lpe_figures import cluster_bootstrap_ci
+
+    # two groups of 50 identical values: the target-level bootstrap would give a tiny CI; resampling
+    # groups gives [0, 1] (either group twice, or both)
+    values = np.array([0.0] * 50 + [1.0] * 50)
+    low, high = cluster_bootstrap_ci(values, ["g0"] * 50 + ["g1"] * 50, seed=0)
+    assert low == pytest.approx(0.0) and high == pytest.approx(1.0)
+    low, high = cluster_bootstrap_ci(values, list(range(100)), seed=0)
+    assert 0.35 < low < 0.5 < high < 0.65
+
+
+def test_verdicts_use_fixed_representatives_and_skip_over_budget_cells():
+    from types import SimpleNamespace
+
+    from interplab.experiments.lpe import LPEConfig, _over_budget
+    from interplab.experiments.lpe_figures import calibrate, loss_table, score, verdicts
+
+    rows = _fake_scored(methods_=("naive", "itgis", "mhis", "qld", "gld"))
+    scored = calibrate(score(rows, 1e-12), seed=0)
+    cfg = SimpleNamespace(budgets=[64], seed=0, is_representative="mhis", extrapolation_representative="gld")
+    vs = verdicts(scored, cfg, ("qld", "gld"), ("naive", "itgis", "mhis"))
+    assert len(vs) == 3 and "mhis vs gld" in vs[0].note and "fixed in advance" in vs[0].note
+    assert all(v.ci[0] <= v.statistic <= v.ci[1] for v in vs)
+    assert LPEConfig().is_representative == "itgis" and LPEConfig().extrapolation_representative == "qld"
+    metrics = {"1L": {"propagate": {}}, "over_budget": _over_budget(
+        [{"model": "1L", "method": "propagate", "budget": 64, "cost": 99.0}])}
+    table = loss_table(metrics, SimpleNamespace(budgets=[64]))
+    assert table["rows"] == [["1L", "propagate", None, None, None, None, "64"]]
+
+
+def test_too_few_groups_give_no_verdict():
+    from types import SimpleNamespace
+
+    from interplab.experiments.lpe_figures import calibrate, score, verdicts
+
+    rows = _fake_scored(models=("1L",), methods_=("naive", "itgis", "qld"))
+    for r in rows:  # itgis exact: it wins on every target of all three groups
+        if r["method"] == "itgis":
+            r["estimate"] = r["truth"]
+    scored = calibrate(score(rows, 1e-12), seed=0)
+    cfg = SimpleNamespace(budgets=[64], seed=0, is_representative="itgis", extrapolation_representative="qld")
+    vs = verdicts(scored, cfg, ("qld",), ("naive", "itgis"))
+    assert vs[0].verdict == "inconclusive" and "too few" in vs[0].note

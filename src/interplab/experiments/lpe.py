@@ -3,8 +3,11 @@
 Every method estimates P_{x ~ D}[argmax of the last-position logits = t] for every target t whose exact
 probability (by enumeration of D's support) lies in [1e-9, 1e-3], at budgets of 2^10, 2^12 and 2^14
 forward-pass equivalents. Scores: Itakura–Saito loss and squared error in log10 space, raw and after a
-per-method affine calibration in log10 space fitted on one half of the targets and scored on the
-other (two-fold, so every target is scored once by a map that never saw it).
+per-method affine calibration in log10 space, two-fold over (model, distribution) groups: every target
+is scored once, by a map fitted on other groups, so never on a target that shares its sample (see
+lpe_figures.calibrate). Verdicts compare fixed family representatives (config) with a cluster
+bootstrap over (model, distribution) groups. Propagation rows whose cost exceeds the budget (neither
+variant fits) are not scored; they are counted in metrics["over_budget"] and the loss table.
 
 Sharing that changes no estimate's distribution: naive, QLD and GLD do not depend on the target, so
 one sample of D per (model, distribution) serves every target, and its first b draws serve budget b;
@@ -14,10 +17,10 @@ their running estimate after the batches that fit (each prefix is a valid run at
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from interplab import ui
 from interplab.config import Config
@@ -45,8 +48,9 @@ class LPEConfig(Config):
     """Named input distributions (interplab.lpe.DISTRIBUTIONS)."""
     positions: int = Field(5, ge=2, le=8)
     """Input length L; supports of 12-16 symbols give 12^L-16^L inputs to enumerate."""
-    budgets: list[int] = Field(default_factory=lambda: [1024, 4096, 16384])
-    """Budgets in forward-pass equivalents (a backward pass counts two)."""
+    budgets: list[Annotated[int, Field(ge=3)]] = Field(default_factory=lambda: [1024, 4096, 16384])
+    """Budgets in forward-pass equivalents (a backward pass counts two); each at least 3 (one forward and
+    backward pass)."""
     methods: list[str] = Field(default_factory=lambda: ["naive", "itgis", "mhis", "qld", "gld", "propagate"])
     """Methods compared (interplab.lpe.METHODS)."""
     p_low: float = Field(1e-9, gt=0)
@@ -65,8 +69,20 @@ class LPEConfig(Config):
     """Parallel MHIS chains."""
     train_steps: int = Field(1000, ge=1)
     """Training steps of each chartf model (cached)."""
+    is_representative: Literal["itgis", "mhis"] = "itgis"
+    """Method that stands for importance sampling in the verdicts, fixed in advance (choosing the better
+    of ITGIS / MHIS on the scored targets would bias the verdict); both are in the loss table."""
+    extrapolation_representative: Literal["qld", "gld"] = "qld"
+    """Method that stands for activation extrapolation in the verdicts, fixed in advance likewise."""
     seed: int = 0
     """Seed of the samplers and of the calibration split (models train from seed 0)."""
+
+    @model_validator(mode="after")
+    def _target_range(self) -> LPEConfig:
+        if self.p_low > self.p_high:
+            raise ValueError(f"p_low ({self.p_low:g}) must not exceed p_high ({self.p_high:g}): targets are "
+                             "the symbols whose exact probability lies in [p_low, p_high]")
+        return self
 
     @field_validator("methods")
     @classmethod
@@ -129,14 +145,18 @@ def _sequential_estimates(problem: Any, targets: list[int], cfg: LPEConfig, seed
         for name, trace in traces.items():
             for budget in cfg.budgets:
                 est, cost = trace.at(budget)
-                rows.append({"target": t, "method": name, "budget": budget, "estimate": est, "cost": cost})
+                # cost 0: not even the run's first batch fits this budget, so there is no estimate at it
+                # (trace.at's 0 is a placeholder): marked, and left unscored like an over-budget row
+                rows.append({"target": t, "method": name, "budget": budget, "estimate": est, "cost": cost,
+                             "over_budget": cost == 0})
     return rows
 
 
 def _propagate_estimates(problem: Any, targets: list[int], cfg: LPEConfig) -> list[dict]:
     """One Gaussian propagation gives every target; at each budget the full-covariance variant is used
     when its cost fits, else mean field (diagonal), as `interplab.lpe.estimate` does. Should neither
-    fit, the mean-field estimate is kept and its cost (over the budget) is recorded as such."""
+    fit, the mean-field estimate is kept with its cost and the row is marked `over_budget`; such rows
+    are not scored (LPE.run drops them and counts them)."""
     from interplab.lpe.propagate import propagate_all
 
     variants = {full: propagate_all(problem.model, problem.dists, targets, seed=cfg.seed, full=full)
@@ -144,8 +164,8 @@ def _propagate_estimates(problem: Any, targets: list[int], cfg: LPEConfig) -> li
     rows = []
     for b in cfg.budgets:
         probs, cost = variants[True] if variants[True][1] <= b else variants[False]
-        rows += [{"target": t, "method": "propagate", "budget": b, "estimate": float(probs[t]), "cost": cost}
-                 for t in targets]
+        rows += [{"target": t, "method": "propagate", "budget": b, "estimate": float(probs[t]), "cost": cost,
+                  "over_budget": cost > b} for t in targets]
     return rows
 
 
@@ -195,8 +215,10 @@ class LPE(Experiment):
                 new, info = run_model(n_layers, cfg)
                 rows += new
                 subjects[f"{n_layers}L"] = info
-        scored = calibrate(score(rows, cfg.floor), cfg.seed)
+        over = [r for r in rows if r.get("over_budget")]
+        scored = calibrate(score([r for r in rows if not r.get("over_budget")], cfg.floor), cfg.seed)
         metrics = _metrics(scored, cfg, subjects)
+        metrics["over_budget"] = _over_budget(over)
         vs = verdicts(scored, cfg, EXTRAPOLATION, SAMPLING)
         table = loss_table(metrics, cfg)
         return Result(
@@ -235,6 +257,17 @@ def _metrics(scored: list[dict], cfg: LPEConfig, subjects: dict) -> dict[str, An
     return out
 
 
+def _over_budget(over: list[dict]) -> dict[str, Any]:
+    """over_budget[model][method][budget] = {"targets": n, "cost": cost}: rows whose cost exceeded the
+    budget (propagation where neither variant fits), left out of every score."""
+    out: dict[str, Any] = {}
+    for r in over:
+        cell = out.setdefault(r["model"], {}).setdefault(r["method"], {}).setdefault(
+            str(r["budget"]), {"targets": 0, "cost": r["cost"]})
+        cell["targets"] += 1
+    return out
+
+
 def _per_target(scored: list[dict]) -> dict[str, Any]:
     """per_target[model][dist][symbol] = {"truth": p, method: {budget: estimate}} (raw estimates)."""
     from interplab.subjects.chartf import VOCAB
@@ -263,8 +296,11 @@ def _models_table(subjects: dict) -> dict[str, list]:
 def _captions(cfg: LPEConfig) -> dict[str, str]:
     return {
         "is_loss": "Mean Itakura–Saito loss D_IS(p, q) = p/q − ln(p/q) − 1 over targets, raw and after a "
-        "per-method affine calibration in log10 space fitted on the other half of the targets. Lower is "
-        f"better; estimates below {cfg.floor:g} (naive zeros) are raised to it.",
+        "per-method affine calibration in log10 space fitted on the other fold of (model, distribution) groups "
+        "(never on a target sharing the scored target's sample). Lower is "
+        f"better; estimates below {cfg.floor:g} (naive zeros) are raised to it. A method whose cost exceeds "
+        "a budget (propagation when neither variant fits) is not scored there: empty cells, listed in the "
+        "last column.",
         "targets": "Every target: the symbol and its exact probability by enumeration.",
         "models": "The chartf subjects: held-out character loss against the unigram baseline.",
         "scatter": "Estimate against exact probability (log-log), one panel per method, colour = budget; "
@@ -275,7 +311,7 @@ def _captions(cfg: LPEConfig) -> dict[str, str]:
 def _summary(metrics: dict, vs: list, cfg: LPEConfig) -> str:
     top = str(max(cfg.budgets))
     parts = []
-    for model in [m for m in metrics if m not in ("subjects", "per_target")]:
+    for model in [m for m in metrics if m not in ("subjects", "per_target", "over_budget")]:
         ranked = sorted((v[top]["is_loss_fitted"], k) for k, v in metrics[model].items() if top in v)
         parts.append(f"{model}: " + " < ".join(f"{k} ({loss:.3g})" for loss, k in ranked))
     words = "; ".join(f"{v.crux.split(': ')[-1]}: {v.verdict}" for v in vs)

@@ -45,11 +45,25 @@ def _naive(problem: Problem, budget: int, seed: int) -> Estimate:
     return Estimate(methods.naive(problem, budget, seed), float(budget))
 
 
+ITGIS_MIN_BUDGET = 3
+"""One sample's forward and backward pass."""
+MHIS_MIN_BUDGET = 6
+"""One chain's initial state and one step, each a forward and backward pass."""
+
+
+def _check_budget(method: str, budget: int, minimum: int) -> None:
+    if budget < minimum:
+        raise UserError(f"{method} needs a budget of at least {minimum} forward-pass equivalents for one step "
+                        f"(a forward plus backward pass counts 3), got {budget}")
+
+
 def _itgis(problem: Problem, budget: int, seed: int) -> Estimate:
+    _check_budget("itgis", budget, ITGIS_MIN_BUDGET)
     return Estimate(*methods.itgis_trace(problem, budget, seed).at(budget))
 
 
 def _mhis(problem: Problem, budget: int, seed: int) -> Estimate:
+    _check_budget("mhis", budget, MHIS_MIN_BUDGET)
     return Estimate(*methods.mhis_trace(problem, budget, seed).at(budget))
 
 

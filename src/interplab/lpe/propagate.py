@@ -75,7 +75,14 @@ def forward_flops(model: nn.Module, L: int) -> float:
 def gaussian_argmax_probs(mu: np.ndarray, S: np.ndarray, W: np.ndarray, b: np.ndarray, targets: list[int],
                           n: int = 4096, seed: int = 0) -> tuple[np.ndarray, float]:
     """P_{h ~ N(mu, S)}[argmax(W h + b) = t] for each target (importance sampling, see module doc), and
-    the FLOPs one target's estimate costs (the shared Cholesky plus that target's integration)."""
+    the FLOPs one target's estimate costs (the shared Cholesky plus that target's integration).
+
+    The FLOPs of the Cholesky, of W A and of the n integration draws are counted from the shapes. The
+    term for finding u* (`min_norm_point`: Lawson–Hanson non-negative least squares on a (d+1) x (V-1)
+    matrix) is an ESTIMATE, not a count: 50 V^2 d, i.e. an allowance of 50 V passes over that matrix
+    (its iteration count depends on the data and is not measured). It is an assumption of the cost,
+    not a measurement.
+    """
     d, V = len(mu), len(b)
     A = np.linalg.cholesky(S + 1e-5 * np.eye(d))  # (d, d)
     G, c = W @ A, W @ mu + b  # (V, d), (V,)
@@ -90,7 +97,9 @@ def gaussian_argmax_probs(mu: np.ndarray, S: np.ndarray, W: np.ndarray, b: np.nd
         logw = -u @ u_star + 0.5 * u_star @ u_star  # (n,) log N(u; 0, I) / N(u; u*, I)
         hit = (u @ G.T + c).argmax(1) == t  # (n,)
         out[t] = float(np.mean(np.exp(logw) * hit))
-    flops = d**3 / 3 + 2 * V * d * d + 2 * n * d * V + 4 * n * d + 50 * V * V * d  # QP: ~50 L-BFGS steps
+    # Counted: Cholesky, W A, the integration draws. Estimated, not counted: the least-distance QP,
+    # solved by Lawson-Hanson NNLS (scipy.optimize.nnls) on a (d+1) x (V-1) matrix, allowed 50 V d V.
+    flops = d**3 / 3 + 2 * V * d * d + 2 * n * d * V + 4 * n * d + 50 * V * V * d
     return np.clip(out, 0.0, 1.0), float(flops)
 
 
