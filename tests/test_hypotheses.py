@@ -142,7 +142,10 @@ def test_pca_and_fvu():
 def test_distinct_live_latents():
     dec = torch.tensor([[1.0, 0.0], [0.99, 0.05], [0.0, 1.0], [-1.0, 0.0]])
     codes = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]])  # latent 2 never fires
-    assert H.distinct_live_latents(dec, codes).tolist() == [True, False, False, False]
+    # latent 1 duplicates latent 0 (cos > 0.9); latent 3 is its antipode (cos = -1): a distinct feature
+    assert H.distinct_live_latents(dec, codes).tolist() == [True, False, False, True]
+    near = torch.tensor([[1.0, 0.0], [0.95, math.sqrt(1 - 0.95**2)], [0.85, -math.sqrt(1 - 0.85**2)]])
+    assert H.distinct_live_latents(near, torch.ones(1, 3)).tolist() == [True, False, True]  # cos 0.95, 0.85
 
 
 # ---------------------------------------------------------------- the experiment
@@ -193,3 +196,38 @@ def test_hypotheses_lm_pipeline_runs(tmp_path: Path):
     findings = lm_findings(cfg)
     assert [f.verdict.crux for f in findings] == ["1a", "1b", "2a", "2b"]
     assert all(np.isfinite(f.verdict.statistic) for f in findings)
+
+
+def test_lm_eval_split_refuses_empty_parts():
+    from interplab.errors import UserError
+    from interplab.experiments.hypotheses_lm import split_eval
+
+    assert split_eval(1000, 0.25, "x") == 250
+    assert split_eval(3, 0.1, "x") == 1  # int(0.3) = 0 would hold out nothing and train on nothing
+    with pytest.raises(UserError, match="lm_eval_fraction"):
+        split_eval(1, 0.5, "x")  # the only row would be held out: nothing left to train on
+
+
+def test_lm_sae_cache_key_depends_on_training_rows(tmp_path: Path, monkeypatch):
+    """Changing the training rows (e.g. via lm_eval_fraction) must not reuse an SAE fitted on others."""
+    from interplab import cache
+    from interplab.experiments import hypotheses_lm
+    from interplab.experiments.hypotheses import HypothesesConfig
+
+    keys = []
+    monkeypatch.setattr(cache, "entry", lambda kind, key: keys.append(key) or tmp_path / str(len(keys)))
+
+    class _Fake:
+        def fit(self, rows):
+            return self
+
+        def save(self, folder):
+            pass
+
+    monkeypatch.setattr(hypotheses_lm.decompose, "create", lambda *a, **k: _Fake())
+    cfg = HypothesesConfig(lm=False)
+    rows = torch.randn(20, 4)
+    hypotheses_lm.fit_sae(rows, 8, cfg, {"site": "s"})
+    hypotheses_lm.fit_sae(rows[:15], 8, cfg, {"site": "s"})
+    hypotheses_lm.fit_sae(rows.clone(), 8, cfg, {"site": "s"})
+    assert keys[0] != keys[1] and keys[0] == keys[2]

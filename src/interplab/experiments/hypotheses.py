@@ -151,9 +151,10 @@ def tms_findings(cfg: HypothesesConfig) -> list[Finding]:
     W = subject.model.W.detach().double()  # (inst, m, n)
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     x = sample_tms(cfg.tms_samples, subject.model.density, TMS_SETUP["n_features"], gen)  # (N, inst, n)
+    n_feat, n_hid = TMS_SETUP["n_features"], TMS_SETUP["n_hidden"]
     out: list[Finding] = []
     for g, dens in enumerate(cfg.tms_densities):
-        name = f"tms neuron model 10→5, density {dens:g}"
+        name = f"tms neuron model {n_feat}→{n_hid}, density {dens:g}"
         rows = [_tms_instance(W[i], x[:, i].double(), gen, cfg.n_rotations) for i in range(g * S, (g + 1) * S)]
         col = {k: np.array([r[k] for r in rows]) for k in rows[0]}
         note = f"mean over {S} trained instances, bootstrap over instances; "
@@ -169,7 +170,7 @@ def tms_findings(cfg: HypothesesConfig) -> list[Finding]:
             finding("2b", name, col["2b"], 1.0, cfg.seed, cfg.n_boot,
                     note + f"statistic: features with ||W_i|| > {REPRESENTED} per neuron; null: 1, the most "
                     "features m dims hold without superposition",
-                    extra={"n_over_m": 2.0, "dims_per_feature_D*": float((1 / col["2b_frob"]).mean())}),
+                    extra={"n_over_m": n_feat / n_hid, "dims_per_feature_D*": float((1 / col["2b_frob"]).mean())}),
         ]
     return out
 

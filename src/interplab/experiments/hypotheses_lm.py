@@ -14,7 +14,8 @@ covariance, `gaussian_like`), and scored on held-out rows of the same kind.
   beats it on real data and not on the null has found sparse structure. The SAE latents' own
   firing rates are reported but not tested: top-k imposes them.
 - 2b: FVU(width d) - FVU(widest) at the same k, real against null; also the count of live latents
-  that duplicate no other (|cos| <= 0.9) and whose ablation raises held-out FVU by > 1e-5, over d.
+  that duplicate no other (signed cos < 0.9, so antipodal latents are distinct) and whose ablation
+  raises held-out FVU by > 1e-5, over d.
 
 CIs are paired bootstraps over blocks of `block` consecutive held-out tokens.
 
@@ -28,6 +29,7 @@ on mlp_hidden dominate, at roughly an hour each on one CPU core (estimated, not 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -46,9 +48,12 @@ ABLATION_MIN_DFVU = 1e-5
 
 
 def fit_sae(rows: torch.Tensor, width: int, cfg: HypothesesConfig, key: dict[str, Any]) -> decompose.Decomposer:
-    """A sae-topk fit on rows (N, d), cached under `key` (SAELens folder)."""
-    folder = cache.entry("hypotheses-sae", {**key, "width": width, "k": cfg.sae_k, "steps": cfg.sae_steps,
-                                            "batch_size": cfg.sae_batch_size, "seed": cfg.seed, "version": 1})
+    """A sae-topk fit on rows (N, d), cached under `key` plus a hash of the rows themselves (so any
+    setting that changes the training rows, e.g. `lm_eval_fraction`, gets its own fit; SAELens folder)."""
+    digest = hashlib.sha256(rows.float().contiguous().numpy().tobytes()).hexdigest()[:16]
+    folder = cache.entry("hypotheses-sae", {**key, "rows": digest, "shape": list(rows.shape), "width": width,
+                                            "k": cfg.sae_k, "steps": cfg.sae_steps, "batch_size": cfg.sae_batch_size,
+                                            "seed": cfg.seed, "version": 1})
     if (folder / "cfg.json").exists():
         try:
             return decompose.load(folder)
@@ -93,10 +98,19 @@ def ablation_count(dec: decompose.Decomposer, x: torch.Tensor, codes: torch.Tens
     return int(keep.sum())
 
 
+def split_eval(n: int, fraction: float, name: str) -> int:
+    """Held-out row count: max(1, int(n * fraction)), refused unless training rows remain."""
+    n_eval = max(1, int(n * fraction))
+    if n_eval >= n:
+        raise UserError(f"hypotheses: {name}: lm_eval_fraction={fraction} of {n} harvested rows holds out "
+                        f"{n_eval}, leaving no training rows; lower lm_eval_fraction or raise lm_tokens")
+    return n_eval
+
+
 @single_thread()
 def site_findings(name: str, rows: torch.Tensor, cfg: HypothesesConfig) -> list[Finding]:
     """The four findings at one site from its harvested rows (tokens, d)."""
-    n_eval = int(rows.shape[0] * cfg.lm_eval_fraction)
+    n_eval = split_eval(rows.shape[0], cfg.lm_eval_fraction, name)
     train, held = rows[:-n_eval].double(), rows[-n_eval:].double()  # (N, d), (M, d)
     d = train.shape[1]
     gen = torch.Generator().manual_seed(cfg.seed + 17)

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 
 POLY_THRESHOLD = 1.5  # PR at or above this counts as "more than one"
-DUPLICATE_COS = 0.9  # latents with a cosine above this to another one are duplicates
+DUPLICATE_COS = 0.9  # latents with a (signed) cosine of this or more to another one are duplicates
 
 
 class PolyStats(NamedTuple):
@@ -187,12 +187,18 @@ def pca_reconstruction(train: torch.Tensor, x: torch.Tensor, k: int) -> torch.Te
 
 def distinct_live_latents(decoder: torch.Tensor, codes: torch.Tensor, cos_max: float = DUPLICATE_COS) -> torch.Tensor:
     """Mask (k,) of latents that fire on some row of codes (N, k) and whose decoder direction
-    (k, d) has cosine <= cos_max with every other live latent (of a duplicate pair, the first is kept)."""
+    (k, d) has cosine < cos_max with every other live latent (of a duplicate pair, the first is kept).
+
+    The cosine is signed, as in the reference's 2b ("max cosine with any other < 0.9"): two latents
+    pointing in opposite directions (cos near -1) are distinct features, not duplicates. With
+    non-negative codes (sae-topk) they fire on opposite sides of the data, like the paper's
+    antipodal pairs, which count as two features in one dimension.
+    """
     live = (codes != 0).any(0)  # (k,)
     unit = decoder.double() / decoder.double().norm(dim=1, keepdim=True).clamp(min=1e-12)  # (k, d)
     keep = live.clone()
     cos = unit @ unit.T  # (k, k)
     cos.fill_diagonal_(0)
-    dup = (cos.abs() > cos_max) & live.unsqueeze(0) & live.unsqueeze(1)  # (k, k)
+    dup = (cos >= cos_max) & live.unsqueeze(0) & live.unsqueeze(1)  # (k, k)
     later_dup = torch.triu(dup, diagonal=1).any(0)  # (k,) latent j duplicates an earlier latent
     return keep & ~later_dup
