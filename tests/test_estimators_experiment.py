@@ -21,7 +21,7 @@ from interplab.experiments.estimators import (
 
 TINY = {
     "widths": [8], "depths": [2], "networks": 2, "truth_log2": 12, "mc_log2": [4, 6], "mc_repeats": 2,
-    "order": 2, "rare_widths": [8], "basis_subjects": ["tms"], "basis_samples": 256, "basis_repeats": 2,
+    "order": 2, "rare_widths": [8], "basis_subjects": ["tms"], "basis_samples": 256, "basis_repeats": 8,
     "tms": {"n_features": 6, "n_hidden": 3, "variant": "neuron", "density": [0.2], "steps": 50},
     "sae_steps": 10,
 }
@@ -36,7 +36,10 @@ def test_tiny_end_to_end(tmp_path: Path, tmp_cache: Path, quiet_single_thread: N
         assert set(mlp[method]) >= {"nmse", "flops"} and mlp[method]["flops"] > 0
     assert mlp["montecarlo_64"]["flops"] == pytest.approx(4 * mlp["montecarlo_16"]["flops"])
     for basis in ("neurons", "random", "pca", "ica", "sae-topk"):
-        assert set(data["metrics"]["basis"]["tms"][basis]) >= {"mean_error", "delta_loss"}
+        per = data["metrics"]["basis"]["tms"][basis]
+        assert set(per) >= {"mean_error", "delta_loss", "per_repeat_delta_loss", "per_repeat_mean_error"}
+        assert len(per["per_repeat_mean_error"]) == 8
+        assert np.mean(per["per_repeat_mean_error"]) == pytest.approx(per["mean_error"])
     assert len(data["verdicts"]) == 3  # (a) one setting, (b) one width, (c) one subject
     for v in data["verdicts"]:
         assert v["verdict"] in ("supported", "not supported", "inconclusive")
@@ -123,3 +126,36 @@ def test_unknown_estimator_option_is_a_user_error() -> None:
 
     with pytest.raises(UserError):
         estimate_mean(mlp_network(4, 1, 0), Gaussian.standard(4), "cov", n_samples=4)
+
+
+def test_basis_subjects_are_validated_up_front() -> None:
+    assert EstimatorsConfig(basis_subjects=["tms", "smollm2", "tiny-llama", "hf:/some/folder"]).basis_subjects
+    for bad in ("mlp", "smolm2", "hf", "chartf"):
+        with pytest.raises(ValidationError, match="choose tms or an LM subject") as err:
+            EstimatorsConfig(basis_subjects=["tms", bad])
+        assert "smollm2" in str(err.value) and "hf:<local folder or hub id>" in str(err.value)
+    with pytest.raises(ValidationError, match="did you mean: smollm2"):
+        EstimatorsConfig(basis_subjects=["smolm2"])
+
+
+def test_basis_repeats_need_enough_for_a_ci() -> None:
+    with pytest.raises(ValidationError):
+        EstimatorsConfig(basis_repeats=3)
+    assert EstimatorsConfig(basis_repeats=8).basis_repeats == 8
+
+
+def test_basis_verdict_ranks_and_scores_on_separate_repeats() -> None:
+    from interplab.estimate.basis import BasisDamage
+    from interplab.experiments.estimators_basis import verdict
+
+    # "a" looks best on the ranking repeats (first third) but not on the rest: the ranking repeats pick
+    # it, and the difference is scored only on the later repeats, so its margin is not inflated
+    a = [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    b = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    c = [2.0] * 9
+    damage = {k: BasisDamage(k, 0.0, float(np.mean(v)), 0.0, 0.0, v, [0.0] * 9)
+              for k, v in {"a": a, "b": b, "c": c}.items()}
+    v = verdict(damage, "s", seed=0)
+    assert "the a basis" in v.crux and "(b)" in v.note
+    assert v.statistic == pytest.approx(-0.5)  # scored on repeats 3..8 only
+    assert "permutation noise only" in v.note and "ranked on 3" in v.note and "scored on 6" in v.note

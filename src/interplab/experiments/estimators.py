@@ -18,7 +18,8 @@ Y on G) is reported, not judged.
 
 results.json: metrics["mlp"]["w{width}_d{depth}"][method] = {nmse, flops}; metrics["rare"][same];
 metrics["calibration"][...][method] = {mean_error, slope, intercept};
-metrics["basis"][subject][basis] = {mean_error, delta_loss, recon_delta_loss}.
+metrics["basis"][subject][basis] = {mean_error, delta_loss, recon_delta_loss, per_repeat_delta_loss,
+per_repeat_mean_error}.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from interplab import ui
 from interplab.config import Config
+from interplab.errors import did_you_mean
 from interplab.estimate import Gaussian, Heaviside, estimate_mean, ops_of, run_samples
 from interplab.experiments import estimators_figures as figs
 from interplab.experiments.base import (
@@ -45,7 +47,6 @@ from interplab.experiments.base import (
 )
 from interplab.runtime import single_thread
 from interplab.subjects.mlp import MLPConfig, build_mlp
-
 
 PosInt = Annotated[int, Field(ge=1)]
 Log2 = Annotated[int, Field(ge=0, le=26)]
@@ -81,8 +82,9 @@ class EstimatorsConfig(Config):
     """Activation samples of the toy subject the bases are fitted on, and as many evaluated."""
     lm_samples: int = Field(2048, ge=16)
     """Tokens of the LM the bases are fitted on, and as many evaluated (each evaluation is a forward pass)."""
-    basis_repeats: int = Field(4, ge=2)
-    """Independent permutations per basis (the verdict's bootstrap runs over them)."""
+    basis_repeats: int = Field(12, ge=8)
+    """Independent permutations per basis: the first third (at least 2) rank the bases, the verdict's
+    bootstrap runs over the rest (at least 6, so that its CI is more than [min, max])."""
     tms: dict[str, Any] = {"n_features": 20, "n_hidden": 8, "variant": "neuron", "density": [0.05],
                            "importance_decay": 1.0, "steps": 3000, "lr": 3e-3}
     """Config of the tms subject of the basis study (one instance, more features than neurons)."""
@@ -92,6 +94,26 @@ class EstimatorsConfig(Config):
     """Steps of the TopK SAE fitted for the basis study."""
     seed: int = 0
     """Seed of the networks, samples and permutations."""
+
+    @field_validator("basis_subjects")
+    @classmethod
+    def _basis_subjects(cls, v: list[str]) -> list[str]:
+        choices = basis_subject_choices()
+        shown = ["tms", *(c if c != "hf" else "hf:<local folder or hub id>" for c in choices)]
+        for name in v:
+            if name == "tms" or (name.startswith("hf:") and len(name) > 3) or (name != "hf" and name in choices):
+                continue
+            near = did_you_mean(name, [c for c in ["tms", *choices] if c != "hf" and c != name])
+            raise ValueError(f"basis subject '{name}' is not supported{near}; choose tms or an LM subject, one of: "
+                             f"{', '.join(shown)}")
+        return v
+
+
+def basis_subject_choices() -> list[str]:
+    """The registered LM subjects (those of `interplab.subjects.lm`) the basis study can take."""
+    from interplab.subjects import SUBJECTS
+
+    return [n for n in SUBJECTS.names() if getattr(SUBJECTS.get(n), "__module__", "") == "interplab.subjects.lm"]
 
 
 # ---------------------------------------------------------------- part (a) and (b)
@@ -251,7 +273,7 @@ class EstimatorsExperiment(Experiment):
     Config = EstimatorsConfig
     small: ClassVar[dict[str, Any]] = {
         "widths": [32, 64, 128], "depths": [2, 4, 8], "truth_log2": 18, "mc_log2": [4, 8, 12, 16], "mc_repeats": 2,
-        "rare_widths": [64], "basis_subjects": ["tms"], "basis_samples": 4096, "basis_repeats": 3,
+        "rare_widths": [64], "basis_subjects": ["tms"], "basis_samples": 4096, "basis_repeats": 12,
         "tms": {"n_features": 20, "n_hidden": 8, "variant": "neuron", "density": [0.05],
                 "importance_decay": 1.0, "steps": 1500, "lr": 3e-3},
         "sae_steps": 300,
