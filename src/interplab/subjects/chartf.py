@@ -208,8 +208,10 @@ def _lr(step: int, cfg: CharTFConfig) -> float:
 
 @single_thread()
 def _fit(cfg: CharTFConfig, ids: torch.Tensor) -> CharTransformer:
-    torch.manual_seed(cfg.seed)  # initialisation (nn.Linear / nn.Embedding defaults)
-    model = CharTransformer(cfg)
+    """Train from cfg.seed; the caller's global RNG is left as it was (forked, not reseeded)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # initialisation (nn.Linear / nn.Embedding defaults)
+        model = CharTransformer(cfg)
     train, _ = _split(ids)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
