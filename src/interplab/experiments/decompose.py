@@ -78,7 +78,7 @@ from interplab.hooks import activations
 from interplab.metrics import evaluate_many, fvu
 from interplab.metrics.groundtruth import GroundTruth, mmcs, random_floor
 from interplab.runtime import device, single_thread
-from interplab.store import harvest_rows  # noqa: F401  (also used by hypotheses_lm)
+from interplab.store import harvest_rows
 from interplab.subjects import load_subject
 from interplab.subjects.base import Subject
 

@@ -169,7 +169,7 @@ def _gap_finding(crux: str, name: str, gaps: dict[str, tuple[float, tuple[float,
 
 def lm_findings(cfg: HypothesesConfig) -> list[Finding]:
     """Harvest `lm_tokens` activations per site (cached) and test the four hypotheses at each."""
-    from interplab.experiments.decompose import harvest_rows
+    from interplab.store import harvest_rows
     from interplab.subjects import load_subject
 
     ui.info(f"hypotheses: loading {cfg.lm_name}")
