@@ -9,19 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from interplab import ui
 from interplab.experiments.base import bootstrap_ci, decide
 from interplab.metrics import hypotheses as H
-from interplab.runtime import single_thread
 
 
-@pytest.fixture(autouse=True)
-def quiet():
-    before = ui.is_quiet()
-    ui.set_quiet(True)
-    with single_thread():
-        yield
-    ui.set_quiet(before)
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 # A tiny planted example: 3 features written in 2 neurons, rows = features.

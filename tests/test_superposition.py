@@ -12,19 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from interplab import ui
 from interplab.experiments import superposition as sp
 from interplab.experiments.base import EXPERIMENTS, run_experiment
-from interplab.runtime import single_thread
 
 
-@pytest.fixture(autouse=True)
-def quiet():
-    before = ui.is_quiet()
-    ui.set_quiet(True)
-    with single_thread():
-        yield
-    ui.set_quiet(before)
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 def test_closed_form_threshold_values_and_continuity():
