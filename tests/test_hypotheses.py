@@ -125,10 +125,10 @@ def test_null_pipeline_on_gaussian_data_puts_null_inside_ci():
 def test_pca_and_fvu():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(500, 4, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.0, 0.5])
-    rows = H.fvu(x, H.pca_reconstruction(x, x, 2))
+    rows = H.fvu_rows(x, H.pca_reconstruction(x, x, 2))
     # rank-2 PCA keeps the two largest variances: FVU = (1 + 0.25) / (9 + 4 + 1 + 0.25), approximately
     assert H.pooled_fvu(rows) == pytest.approx(1.25 / 14.25, rel=0.15)
-    assert H.pooled_fvu(H.fvu(x, H.pca_reconstruction(x, x, 4))) == pytest.approx(0.0, abs=1e-12)
+    assert H.pooled_fvu(H.fvu_rows(x, H.pca_reconstruction(x, x, 4))) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_distinct_live_latents():

@@ -40,6 +40,7 @@ from interplab.errors import UserError
 from interplab.experiments.base import Verdict, decide
 from interplab.experiments.hypotheses import Finding, HypothesesConfig, finding
 from interplab.metrics import hypotheses as H
+from interplab.metrics.bootstrap import percentile_ci, resample
 from interplab.runtime import single_thread
 
 CAVEAT = ("LM caveat: the LM's 'features' are SAE latents fitted here (a short sae-topk fit), a proxy for "
@@ -66,21 +67,21 @@ def fit_sae(rows: torch.Tensor, width: int, cfg: HypothesesConfig, key: dict[str
 
 
 def block_gap(a: torch.Tensor, b: torch.Tensor, block: int, n_boot: int, seed: int) -> tuple[float, tuple[float, float]]:
-    """FVU(a) - FVU(b) from `H.fvu` rows (N, 2) of two methods on the same tokens, with a paired
-    percentile bootstrap over blocks of consecutive tokens."""
+    """FVU(a) - FVU(b) from `H.fvu_rows` rows (N, 2) of two methods on the same tokens, with a paired
+    percentile bootstrap over blocks of consecutive tokens (`metrics.bootstrap.resample`)."""
     nb = max(1, a.shape[0] // block)
-    A = a[: nb * block].reshape(nb, -1, 2).sum(1).numpy()  # (nb, 2)
-    B = b[: nb * block].reshape(nb, -1, 2).sum(1).numpy()  # (nb, 2)
-    idx = np.random.default_rng(seed).integers(0, nb, size=(n_boot, nb))  # (n_boot, nb)
-    gaps = A[idx, 0].sum(1) / A[idx, 1].sum(1) - B[idx, 0].sum(1) / B[idx, 1].sum(1)  # (n_boot,)
-    value = H.pooled_fvu(a) - H.pooled_fvu(b)
-    low, high = np.quantile(gaps, [0.025, 0.975])
-    return value, (float(low), float(high))
+    blocks = {"a": a[: nb * block].reshape(nb, -1, 2).sum(1).numpy(),  # (nb, 2) error, variance
+              "b": b[: nb * block].reshape(nb, -1, 2).sum(1).numpy()}
+
+    def gap(s: Any) -> np.ndarray:
+        return s["a"][..., 0] / s["a"][..., 1] - s["b"][..., 0] / s["b"][..., 1]
+
+    return H.pooled_fvu(a) - H.pooled_fvu(b), percentile_ci(resample(blocks, gap, n_boot, seed))
 
 
 def _score(dec: decompose.Decomposer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     codes = dec.transform(x.float())  # (N, K)
-    return codes, H.fvu(x, dec.inverse_transform(codes))  # (N, K), (N, 2)
+    return codes, H.fvu_rows(x, dec.inverse_transform(codes))  # (N, K), (N, 2)
 
 
 def ablation_count(dec: decompose.Decomposer, x: torch.Tensor, codes: torch.Tensor) -> int:
@@ -125,7 +126,7 @@ def site_findings(name: str, rows: torch.Tensor, cfg: HypothesesConfig) -> list[
             decs[kind, w] = fit_sae(tr.float(), w * d, cfg, {"site": name, "data": kind, "tokens": cfg.lm_tokens})
             scores[kind, w] = _score(decs[kind, w], ev)
     wide, narrow = cfg.sae_widths[-1], cfg.sae_widths[0]
-    pca = {kind: H.fvu(ev, H.pca_reconstruction(tr, ev, cfg.sae_k)) for kind, (tr, ev) in data.items()}
+    pca = {kind: H.fvu_rows(ev, H.pca_reconstruction(tr, ev, cfg.sae_k)) for kind, (tr, ev) in data.items()}
     gap_2a = {kind: block_gap(pca[kind], scores[kind, wide][1], cfg.block, cfg.n_boot, cfg.seed) for kind in data}
     gap_2b = {kind: block_gap(scores[kind, narrow][1], scores[kind, wide][1], cfg.block, cfg.n_boot, cfg.seed)
               for kind in data}

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from scipy.optimize import minimize
 
 from interplab.experiments.base import Verdict, decide
+from interplab.metrics.bootstrap import percentile_ci, resample
 
 LN10 = math.log(10.0)
 MIN_GROUPS = 6
@@ -107,20 +108,16 @@ def cluster_bootstrap_ci(values: np.ndarray, clusters: list, n_boot: int = 2000,
                          level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of `values` (n,), resampling whole clusters (e.g. the
     (model, distribution) groups whose targets share one sample) with replacement; the statistic of a
-    resample is the mean over all the targets of the drawn clusters."""
+    resample is the mean over all the targets of the drawn clusters (`metrics.bootstrap.resample`
+    with the cluster as the unit)."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return (math.nan, math.nan)
     ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
     k = np.array([ids[c] for c in clusters])  # (n,)
-    sums = np.bincount(k, weights=x, minlength=len(ids))  # (G,)
-    counts = np.bincount(k, minlength=len(ids)).astype(float)  # (G,)
-    rng = np.random.default_rng(seed)
-    draw = rng.integers(0, len(ids), size=(n_boot, len(ids)))  # (n_boot, G)
-    boots = sums[draw].sum(1) / counts[draw].sum(1)  # (n_boot,)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(boots, [alpha, 1 - alpha])
-    return (float(low), float(high))
+    per_cluster = {"sum": np.bincount(k, weights=x, minlength=len(ids)),  # (G,)
+                   "n": np.bincount(k, minlength=len(ids)).astype(float)}  # (G,)
+    return percentile_ci(resample(per_cluster, lambda s: s["sum"] / s["n"], n_boot, seed), level)
 
 
 def _per_target(scored: list[dict], budget: int, method: str | None, key: str) -> dict[tuple, float]:

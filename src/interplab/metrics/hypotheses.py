@@ -158,7 +158,7 @@ def gaussian_like(x: torch.Tensor, n: int, generator: torch.Generator | None = N
     return (mean + z @ root.T).to(x.dtype if x.dtype == torch.float64 else torch.float32)  # (n, d)
 
 
-def fvu(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+def fvu_rows(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     """Per-row squared error and the total variance, so that FVU = err.sum() / total (float64).
 
     Returns (N, 2): per-row squared error and per-row squared distance to the mean; resampling
@@ -171,7 +171,7 @@ def fvu(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
 
 
 def pooled_fvu(rows: torch.Tensor) -> float:
-    """FVU from `fvu`'s (N, 2) rows: sum of errors over sum of variance about the mean."""
+    """FVU from `fvu_rows`'s (N, 2) rows: sum of errors over sum of variance about the mean."""
     return float(rows[:, 0].sum() / rows[:, 1].sum().clamp(min=1e-300))
 
 
