@@ -81,6 +81,7 @@ from interplab.runtime import device, single_thread
 from interplab.store import harvest_rows
 from interplab.subjects import load_subject
 from interplab.subjects.base import Subject
+from interplab.subjects.sites import layer_sites
 
 LINEAR = ("identity", "random", "pca", "ica")
 ALL_METHODS = ["identity", "random", "pca", "ica", "sae-relu", "sae-topk", "sae-batchtopk", "sae-jumprelu"]
@@ -229,10 +230,7 @@ def studies(cfg: DecomposeConfig) -> Iterator[Study]:
 def lm_studies(cfg: DecomposeConfig) -> Iterator[Study]:
     ui.info(f"decompose: loading {cfg.lm}")
     subject = load_subject(cfg.lm, **cfg.lm_config)
-    sites = [f"{kind}.{cfg.lm_layer}" for kind in cfg.lm_sites]
-    missing = [s for s in sites if s not in subject.sites]
-    if missing:
-        raise UserError(f"{cfg.lm} has no site {missing[0]}; choose lm_layer below its number of layers")
+    sites = layer_sites(subject.sites, cfg.lm_sites, cfg.lm_layer, cfg.lm)
     rows = harvest_rows(subject, sites, cfg.lm_train_tokens, cfg.seed, 16, cached=True)
     batches = eval_batches(subject, cfg.eval_batches, cfg.lm_eval_windows, cfg.seed)
     methods = cfg.methods if cfg.lm_methods is None else cfg.lm_methods

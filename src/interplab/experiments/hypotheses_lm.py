@@ -172,13 +172,11 @@ def lm_findings(cfg: HypothesesConfig) -> list[Finding]:
     """Harvest `lm_tokens` activations per site (cached) and test the four hypotheses at each."""
     from interplab.store import harvest_rows
     from interplab.subjects import load_subject
+    from interplab.subjects.sites import layer_sites
 
     ui.info(f"hypotheses: loading {cfg.lm_name}")
     subject = load_subject(cfg.lm_name)
-    sites = [f"{kind}.{cfg.lm_layer}" for kind in cfg.lm_sites]
-    missing = [s for s in sites if s not in subject.sites]
-    if missing:
-        raise UserError(f"{cfg.lm_name} has no site {missing[0]}; choose lm_layer below its number of layers")
+    sites = layer_sites(subject.sites, cfg.lm_sites, cfg.lm_layer, cfg.lm_name)
     rows = harvest_rows(subject, sites, cfg.lm_tokens, cfg.seed, 16, cached=True)
     out: list[Finding] = []
     for site in sites:

@@ -96,6 +96,16 @@ def resolve(model: nn.Module, name: str, sites: dict[str, Site] | None = None) -
     )
 
 
+def layer_sites(sites: dict[str, Site], kinds: list[str], layer: int, owner: str) -> list[str]:
+    """The canonical names `{kind}.{layer}` of a subject's `sites`, refused in one message (naming
+    `owner`, the subject) when the model has no such layer."""
+    names = [f"{kind}.{layer}" for kind in kinds]
+    missing = [n for n in names if n not in sites]
+    if missing:
+        raise UserError(f"{owner} has no site {missing[0]}; choose lm_layer below its number of layers")
+    return names
+
+
 def _summarise(names: list[str], limit: int = 12) -> str:
     if len(names) <= limit:
         return ", ".join(names)
