@@ -132,7 +132,9 @@ def run(
     sets: Sets = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/EXPERIMENT).")] = None,
     help_config: Annotated[bool, typer.Option("--help-config", help="Show the config keys and exit.")] = False,
-    small: Annotated[bool, typer.Option("--small", help="Start from the small scale `cruxes` runs (minutes on a CPU).")] = False,
+    small: Annotated[bool, typer.Option("--small", help="Same as --scale small.")] = False,
+    scale: Annotated[str, typer.Option("--scale", help="small (what `cruxes` runs, minutes on a CPU) or "
+                                       "default (the full study).")] = "default",
     quiet: Quiet = False,
 ) -> None:
     """Run one experiment; writes results.json, figures and index.html."""
@@ -146,9 +148,12 @@ def run(
         for name, typ, default, doc in describe(exp.Config):
             typer.echo(f"{name} ({typ}, default {default}): {doc}")
         return
+    if scale not in ("small", "default"):
+        raise UserError(f"--scale must be 'small' or 'default', not '{scale}'")
+    scale = "small" if small else scale
     out = out or Path("runs") / experiment
-    overrides = {**(exp.small if small else {}), **parse_set(sets)}  # --set wins over --small
-    result = run_experiment(experiment, overrides, out, config_file=config)
+    overrides = {**(exp.small if scale == "small" else {}), **parse_set(sets)}  # --set wins over the scale
+    result = run_experiment(experiment, overrides, out, config_file=config, scale=scale)
     print_result(result)
     typer.echo(f"report: {(out / 'index.html').resolve()}")
 
@@ -158,6 +163,8 @@ def cruxes(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/cruxes"),
     fresh: Annotated[bool, typer.Option(help="Rerun experiments that already have results.")] = False,
     only: Annotated[Optional[list[str]], typer.Option(help="Run only these experiments (repeatable).")] = None,
+    jobs: Annotated[Optional[int], typer.Option(help="Experiments run at once, each on one thread "
+                                                "(default: one per core).", min=1)] = None,
     quiet: Quiet = False,
 ) -> None:
     """Run every experiment at its small default scale and print the table of verdicts."""
@@ -167,7 +174,7 @@ def cruxes(
     reg = _experiments()
     for name in only or []:
         reg.get(name)
-    index = run_cruxes(out, fresh=fresh, only=only)
+    index = run_cruxes(out, fresh=fresh, only=only, jobs=jobs)
     typer.echo(f"report: {Path(index).resolve()}")
 
 

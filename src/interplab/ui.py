@@ -10,11 +10,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 console = Console(stderr=True)
 _quiet = False
+_bars = True
 
 
 def set_quiet(quiet: bool) -> None:
     global _quiet
     _quiet = quiet
+
+
+def set_bars(enabled: bool) -> None:
+    """Progress bars on or off (status lines stay): off in worker processes sharing one terminal."""
+    global _bars
+    _bars = enabled
 
 
 def is_quiet() -> bool:
@@ -30,7 +37,7 @@ def info(message: str) -> None:
 @contextlib.contextmanager
 def progress(description: str, total: int | None) -> Iterator[Callable[..., None]]:
     """`with progress("training", steps) as advance: advance(1, fvu=0.1)` — a rich bar, or nothing."""
-    if _quiet:
+    if _quiet or not _bars:
         yield lambda n=1, **stats: None
         return
     bar = Progress(

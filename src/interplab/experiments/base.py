@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -23,10 +23,10 @@ from matplotlib.figure import Figure
 import interplab
 from interplab import ui
 from interplab.config import Config, build, load_file
+from interplab.provenance import code_hash
 from interplab.registry import Registry
 from interplab.report.html import atomic_write, render_result
-
-VerdictWord = Literal["supported", "not supported", "inconclusive"]
+from interplab.verdicts import CRUXES, Verdict, VerdictWord, decide, holm  # noqa: F401  (re-exported)
 
 
 class CI(NamedTuple):
@@ -34,37 +34,6 @@ class CI(NamedTuple):
 
     low: float
     high: float
-
-
-def decide(statistic_ci: tuple[float, float], null: float, higher_is_support: bool = True) -> VerdictWord:
-    """The verdict a CI earns against a null value.
-
-    "supported" only when the whole CI lies on the supporting side of the null, "not supported"
-    when it lies wholly on the other side; a CI that touches or straddles the null (or is NaN)
-    is "inconclusive" — the data cannot tell the claim from the null.
-    """
-    low, high = (float(v) for v in statistic_ci)
-    if math.isnan(low) or math.isnan(high):
-        return "inconclusive"
-    above, below = low > null, high < null
-    if above:
-        return "supported" if higher_is_support else "not supported"
-    if below:
-        return "not supported" if higher_is_support else "supported"
-    return "inconclusive"
-
-
-@dataclass
-class Verdict:
-    """One crux settled (or not): the statistic, its 95% CI, the null value it is compared with."""
-
-    crux: str
-    statistic: float
-    ci: tuple[float, float]
-    null: float
-    verdict: VerdictWord
-    subject: str | None = None
-    note: str = ""
 
 
 def bootstrap_ci(
@@ -111,6 +80,8 @@ class Result:
     figures: dict[str, Figure] = field(default_factory=dict)
     captions: dict[str, str] = field(default_factory=dict)  # figure or table name -> caption
     summary: str = ""
+    scale: str = "default"  # "small" (what `cruxes` runs) or "default"
+    code: str = field(default_factory=code_hash)  # hash of the computing source that produced it
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of `results.json` (DESIGN's keys plus title, summary, figures)."""
@@ -127,7 +98,19 @@ class Result:
             "tables": _clean(self.tables, floats=False),
             "figures": {name: f"figures/{_file_name(name)}.png" for name in self.figures},
             "captions": dict(self.captions),
+            "scale": self.scale,
+            "code_hash": self.code,
+            "cruxes": _protocols(self.verdicts),
         }
+
+
+def _protocols(verdicts: list[Verdict]) -> dict[str, Any]:
+    """The definitions of the cruxes these verdicts decided, so the report can print the protocol."""
+    out = {}
+    for v in verdicts:
+        if v.crux in CRUXES and v.crux not in out:
+            out[v.crux] = _clean(CRUXES.get(v.crux).protocol(), floats=False)
+    return out
 
 
 def _clean(obj: Any, floats: bool) -> Any:
@@ -185,7 +168,12 @@ def load_result(out_dir: Path) -> dict[str, Any] | None:
 
 
 class Experiment:
-    """Base class: set `name`, `title`, `Config`, `small`; implement `run(cfg) -> Result`."""
+    """Base class: set `name`, `title`, `Config`, `small`; implement `run(cfg) -> Result`.
+
+    `self.scale` is "small" when the run starts from `small` (as `cruxes` and `run --small` do) and
+    "default" otherwise; verdicts pass it to `interplab.verdicts.judge`, which marks a crux run below
+    its smallest decidable scale as "needs --scale default" instead of printing a verdict.
+    """
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
@@ -193,6 +181,7 @@ class Experiment:
     small: ClassVar[dict[str, Any]] = {}  # overrides that `interplab cruxes` runs with
     in_cruxes: ClassVar[bool] = True  # False for an experiment another one already contains
     order: ClassVar[int] = 100  # place in the cruxes table (DESIGN's order of the cruxes)
+    scale: str = "default"
 
     def run(self, cfg: Any) -> Result:
         raise NotImplementedError
@@ -216,14 +205,20 @@ def build_config(name: str, overrides: Mapping[str, Any], config_file: Path | No
 
 
 def run_experiment(
-    name: str, overrides: Mapping[str, Any], out_dir: Path, config_file: Path | None = None
+    name: str, overrides: Mapping[str, Any], out_dir: Path, config_file: Path | None = None,
+    scale: str = "default",
 ) -> Result:
-    """Run experiment `name` and write its report into `out_dir`."""
+    """Run experiment `name` at `scale` ("small": `overrides` start from its `small` settings) and
+    write its report into `out_dir`. Verdicts get their family's Holm correction here."""
     cfg = build_config(name, overrides, config_file)
     exp = EXPERIMENTS.get(name)()
-    ui.info(f"[bold]{name}[/bold]: running, writing to {out_dir}")
+    exp.scale = scale
+    ui.info(f"[bold]{name}[/bold]: running at the {scale} scale, writing to {out_dir}")
     start = time.perf_counter()
     result = exp.run(cfg)
+    holm(result.verdicts)
+    result.scale = scale
+    result.code = code_hash()
     result.seconds = time.perf_counter() - start
     # The config on disk is the validated one, whatever the experiment put there: resume compares it.
     result.config = cfg.model_dump(mode="json")
@@ -235,7 +230,9 @@ def run_experiment(
 
 
 def same_config(stored: Mapping[str, Any] | None, cfg: Config) -> bool:
-    """Whether a stored results.json was produced with exactly `cfg` (JSON-normalised)."""
+    """Whether a stored results.json was produced with exactly `cfg` (JSON-normalised) by the code
+    as it is now (`provenance.code_hash`): a result of older code is stale, never reused."""
     if not stored:
         return False
-    return stored.get("config") == json.loads(json.dumps(cfg.model_dump(mode="json")))
+    return (stored.get("config") == json.loads(json.dumps(cfg.model_dump(mode="json")))
+            and stored.get("code_hash") == code_hash())

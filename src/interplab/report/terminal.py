@@ -36,8 +36,10 @@ def verdicts_table(rows: Sequence[Mapping[str, Any]], title: str | None = "Verdi
     table.add_column("95% CI", justify="right", no_wrap=True)
     table.add_column("null", justify="right", no_wrap=True)
     table.add_column("verdict", no_wrap=True, min_width=13)
+    table.add_column("controls", no_wrap=True)
     for r in rows:
         word = str(r.get("verdict", "inconclusive"))
+        status = str(r.get("status") or "")
         crux = escape(str(r.get("crux", "")))
         if show_exp:
             crux = f"[bold cyan]{escape(str(r.get('experiment', '')))}[/]\n{crux}"
@@ -48,10 +50,23 @@ def verdicts_table(rows: Sequence[Mapping[str, Any]], title: str | None = "Verdi
             fmt(r.get("statistic"), 3),
             fmt_ci(r.get("ci"), 3),
             fmt(r.get("null"), 3),
-            f"[{_STYLE.get(word, 'bold')}]{word}[/]",
+            f"[{_STYLE.get(word, 'bold')}]{word}[/]" + ("" if status in ("counted", "") else f"\n[dim]{status}[/dim]"),
+            _controls(r.get("controls") or {}),
         ]
         table.add_row(*cells)
     return table
+
+
+def _controls(controls: Mapping[str, Any]) -> str:
+    """'+ pass  - pass' style summary of a verdict's positive and negative controls."""
+    if not controls:
+        return "—"
+    marks = []
+    for role, sign in (("positive", "+"), ("negative", "−")):
+        c = controls.get(role) or {}
+        mark = "—" if not c.get("ran") else ("[green]pass[/]" if c.get("passed") else "[red]FAIL[/]")
+        marks.append(f"{sign}{mark}")
+    return " ".join(marks)
 
 
 def print_verdicts(rows: Sequence[Mapping[str, Any]], title: str | None = "Verdicts") -> None:
