@@ -1,0 +1,164 @@
+"""The four superposition hypotheses (1a, 1b, 2a, 2b) and the privileged-basis comparison.
+
+Definitions follow `reference/superposition.md`. A *feature* is a direction in the site's basis
+with a coefficient per input: planted or trained ground truth on the toys, SAE latents (a proxy,
+said so in every LM verdict) on the LM. PR is the participation ratio (sum c)^2 / sum c^2.
+
+Changes from the round-1 definitions (review `verdicts-round1.md`, findings 1, 3, 4, 6), each kept
+beside its replacement where it was a definition rather than a bug:
+- 1a/1b were "fraction of units with PR >= 1.5 against the same fraction under random rotations";
+  in 64 or more dimensions both are 1, so the test could never read "supported". They are kept as
+  `1a-frac` / `1b-frac` (not primary). The primary 1a/1b test the median PR against the
+  definition's own threshold, 1.5, which does not saturate; what the rotation null asked (is the
+  neuron basis special?) becomes its own crux, `basis`, on the PR distributions.
+- 1a on ReLU neurons counts activation mass (positive weights only); the sign-blind W^2 Var share,
+  the reference's first definition, is computed beside it as `1a-signblind` (not primary).
+- 2a on the toys was the median firing probability of the *sampled inputs*, a number set by the
+  config: it is now the harness check `2a-input`, and 2a itself is the comparative test on the
+  learned representation that the LM already used, with (real - null) and both uncertainties.
+- 2b on the planted dictionary was n/d from the config: harness check `2b-planted`.
+"""
+
+from interplab.verdicts.crux import define
+
+POLY = ("a planted layer whose units each mix 3 planted features of equal mass (PR = 3 by "
+        "construction), through the same pipeline")
+MONO = "a planted layer whose units each carry exactly one planted feature (PR = 1 by construction)"
+
+define(
+    id="1a", experiment="hypotheses", family="hypotheses",
+    question="1a: are neurons polysemantic (does a neuron carry more than one feature)?",
+    claim="the typical neuron carries more than one feature",
+    statistic="median over live neurons j of PR_j, the participation ratio of the features' contributions "
+              "c_ji to neuron j (activation mass E[code_i^2] w_ji^2, positive weights only on rectified "
+              "sites; w_ji^2 E[code_i^2] on signed sites); per trained instance or SAE refit, averaged",
+    null="1.5, the definition's threshold for 'more than one feature' (PR = 1: exactly one)",
+    direction="higher",
+    unit="trained toy instances (tms) or SAE refits with different seeds (LM)",
+    positive_control=POLY.replace("units", "neurons"),
+    negative_control=MONO.replace("units", "neurons"),
+)
+define(
+    id="1a-signblind", experiment="hypotheses", family="hypotheses-secondary", primary=False,
+    question="1a (sign-blind share): are neurons polysemantic, counting negative weights too?",
+    claim="the typical neuron carries more than one feature",
+    statistic="as 1a with c_ji = w_ji^2 E[code_i^2] whatever the sign of w_ji (the reference's first form)",
+    null="1.5", direction="higher",
+    unit="as 1a",
+    positive_control=POLY.replace("units", "neurons"),
+    negative_control=MONO.replace("units", "neurons"),
+    why="kept beside 1a: on ReLU neurons a negative weight never makes the neuron fire, so the primary "
+        "1a counts activation mass; both are shown (review finding 6)",
+)
+define(
+    id="1a-frac", experiment="hypotheses", family="hypotheses-secondary", primary=False, supersedes=None,
+    question="1a (round-1 form): fraction of live neurons with PR >= 1.5, against random rotations",
+    claim="more neurons are polysemantic than in a randomly rotated basis",
+    statistic="fraction of live neurons with PR_j >= 1.5",
+    null="the same fraction after Haar-random rotations of the neuron basis (mean over rotations)",
+    direction="higher",
+    unit="as 1a",
+    positive_control=POLY.replace("units", "neurons"),
+    negative_control=MONO.replace("units", "neurons"),
+    why="superseded by 1a: in d >= 64 the fraction and its rotation null are both 1, so this form could "
+        "never read 'supported' (review finding 1); kept so the change is visible",
+)
+define(
+    id="1b", experiment="hypotheses", family="hypotheses",
+    question="1b: does a feature span several neurons?",
+    claim="the typical feature is spread over more than one neuron",
+    statistic="median over represented features i of PR_i = (sum_j w_ji^2)^2 / sum_j w_ji^4, its "
+              "participation ratio over neurons; per trained instance or SAE refit, averaged",
+    null="1.5, the definition's threshold (PR = 1: the feature is one neuron)",
+    direction="higher",
+    unit="trained toy instances (tms) or SAE refits with different seeds (LM)",
+    positive_control="planted features each spread evenly over 3 neurons (PR = 3 by construction)",
+    negative_control="planted features each aligned with one neuron (PR = 1 by construction)",
+)
+define(
+    id="1b-frac", experiment="hypotheses", family="hypotheses-secondary", primary=False,
+    question="1b (round-1 form): fraction of features with PR >= 1.5, against random rotations",
+    claim="more features are spread over neurons than in a randomly rotated basis",
+    statistic="fraction of represented features with PR_i >= 1.5",
+    null="the same fraction after Haar-random rotations of the neuron basis",
+    direction="higher",
+    unit="as 1b",
+    positive_control="planted features each spread evenly over 3 neurons",
+    negative_control="planted features each aligned with one neuron",
+    why="superseded by 1b and `basis`: saturates at 1 for real and null alike in high dimension (finding 1)",
+)
+define(
+    id="basis", experiment="hypotheses", family="hypotheses",
+    question="1a/1b against the null: is the neuron basis privileged (fewer features per neuron than "
+             "random directions would carry)?",
+    claim="neurons carry fewer features than randomly rotated directions would (a privileged basis)",
+    statistic="median log PR_j of random rotations of the neuron basis minus median log PR_j of the neurons "
+              "(1a's activation mass), per instance or refit, averaged",
+    null="0: the neurons look like random directions",
+    direction="higher",
+    unit="trained toy instances (tms) or SAE refits (LM); rotations averaged within each",
+    positive_control="planted features aligned with the neuron basis (one per neuron) in superposition-free "
+                     "layers: rotations mix them, so the neurons' PR is far below the rotated one",
+    negative_control="planted features in random directions (no privileged basis): neurons and rotations "
+                     "alike",
+)
+define(
+    id="2a", experiment="hypotheses", family="hypotheses",
+    question="2a: are features sparse (is there sparse structure a linear code misses)?",
+    claim="a sparse code beats PCA at the same number of active codes on the real activations by more "
+          "than it does on a Gaussian with the same mean and covariance",
+    statistic="[FVU(PCA rank k) - FVU(sae-topk, k active)] on held-out real activations minus the same gap "
+              "on held-out samples of the matched Gaussian (each SAE fitted on its own kind), per refit, "
+              "averaged",
+    null="0: the real activations hold no more sparse structure than their Gaussian twin",
+    direction="higher",
+    unit="SAE refits with different seeds (real and null refitted in pairs), plus the held-out tokens "
+         "(block bootstrap, added as sampling variance)",
+    positive_control="activations planted from a sparse dictionary (few active features per row), same "
+                     "dimension, rows and fits",
+    negative_control="Gaussian activations (no sparse structure by construction) fed through the pipeline as "
+                     "the 'real' data",
+)
+define(
+    id="2a-input", experiment="hypotheses", family="harness", kind="harness",
+    question="2a harness: do the toy's sampled inputs fire sparsely, as configured?",
+    claim="the median input feature fires with probability below 1/2",
+    statistic="median firing probability of the sampled input features",
+    null="0.5", direction="lower",
+    unit="none: set by the configured density",
+    positive_control="—", negative_control="—",
+)
+define(
+    id="2b", experiment="hypotheses", family="hypotheses",
+    question="2b: does a trained toy represent more features than it has dimensions?",
+    claim="more features are represented than there are hidden dimensions",
+    statistic="features with ||W_i|| > 0.5 per hidden dimension, per trained instance, averaged",
+    null="1: the most features m dimensions hold without superposition",
+    direction="higher",
+    unit="trained instances (seeds)",
+    positive_control="planted weights holding 2 features per dimension (antipodal pairs)",
+    negative_control="planted weights holding one feature per dimension, the rest dropped",
+)
+define(
+    id="2b-width", experiment="hypotheses", family="hypotheses",
+    question="2b on activations: does widening a dictionary past d keep finding structure (more features "
+             "than dimensions)?",
+    claim="widening the dictionary from d to w*d latents at equal k lowers held-out FVU more on the real "
+          "activations than on their Gaussian twin",
+    statistic="[FVU(width d) - FVU(width w*d)] on held-out real activations minus the same on the matched "
+              "Gaussian, per refit, averaged",
+    null="0",
+    direction="higher",
+    unit="SAE refits (real and null in pairs) plus held-out tokens (block bootstrap)",
+    positive_control="activations planted from a sparse dictionary with 4d features",
+    negative_control="activations planted from d/2 orthogonal features (fewer features than dimensions)",
+)
+define(
+    id="2b-planted", experiment="hypotheses", family="harness", kind="harness",
+    question="2b harness: does the planted dictionary hold more features than dimensions, as configured?",
+    claim="n_features / d > 1",
+    statistic="||F||_F^2 / d = n_features / d of the planted dictionary",
+    null="1", direction="higher",
+    unit="none: set by the config",
+    positive_control="—", negative_control="—",
+)
