@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 import interplab
 from interplab import ui
 from interplab.config import Config, build, load_file
+from interplab.experiments.units import Units
 from interplab.provenance import code_hash
 from interplab.registry import Registry
 from interplab.report.html import atomic_write, render_result
@@ -182,6 +183,7 @@ class Experiment:
     in_cruxes: ClassVar[bool] = True  # False for an experiment another one already contains
     order: ClassVar[int] = 100  # place in the cruxes table (DESIGN's order of the cruxes)
     scale: str = "default"
+    units: Units = Units(None)  # finished units of work of this run (`units.py`); set by run_experiment
 
     def run(self, cfg: Any) -> Result:
         raise NotImplementedError
@@ -209,10 +211,13 @@ def run_experiment(
     scale: str = "default",
 ) -> Result:
     """Run experiment `name` at `scale` ("small": `overrides` start from its `small` settings) and
-    write its report into `out_dir`. Verdicts get their family's Holm correction here."""
+    write its report into `out_dir`. Verdicts get their family's Holm correction here. Units of work
+    the experiment stores through `self.units` land in `out_dir/units/`: a rerun after an
+    interruption continues from them."""
     cfg = build_config(name, overrides, config_file)
     exp = EXPERIMENTS.get(name)()
     exp.scale = scale
+    exp.units = Units(Path(out_dir) / "units", {"experiment": name, "config": cfg.model_dump(mode="json")})
     ui.info(f"[bold]{name}[/bold]: running at the {scale} scale, writing to {out_dir}")
     start = time.perf_counter()
     result = exp.run(cfg)
