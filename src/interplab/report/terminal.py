@@ -143,8 +143,8 @@ def print_result(result: Any) -> None:
     console.print(f"[bold]{head}[/bold]  ({data.get('experiment')}, seed {data.get('seed')}, {fmt(data.get('seconds'))} s)")
     for name, t in (data.get("tables") or {}).items():
         table = Table(title=name.replace("_", " "), header_style="bold")
-        for c in t.get("columns", []):
-            table.add_column(str(c), justify="right")
+        for i, c in enumerate(t.get("columns", [])):
+            table.add_column(str(c), justify="left" if i == 0 else "right")
         for row in t.get("rows", []):
             table.add_row(*(fmt(c) for c in row))
         console.print(table)
