@@ -44,10 +44,14 @@ def require_browser():
     return sync_playwright
 
 
+PRINT_WIDTH = 1047  # CSS pixels across an A4 landscape page with 10 mm margins
+
+
 def open_page(page: Path, profile: Path, width: int = 1280, height: int = 900,
               screenshot: Path | None = None) -> dict[str, Any]:
-    """Load `page` from disk in a fresh profile; return what _COLLECT reads plus the console errors
-    and every request that was not for a file: or data: URL."""
+    """Load `page` from disk in a fresh profile; return what _COLLECT reads plus the console errors,
+    every request that was not for a file: or data: URL, and the page's width when printed on A4
+    landscape (`print_width`)."""
     sync_playwright = require_browser()
     errors: list[str] = []
     foreign: list[str] = []
@@ -64,6 +68,9 @@ def open_page(page: Path, profile: Path, width: int = 1280, height: int = 900,
             if screenshot is not None:
                 tab.screenshot(path=str(screenshot))
             out = tab.evaluate(_COLLECT)
+            tab.emulate_media(media="print")
+            tab.set_viewport_size({"width": PRINT_WIDTH, "height": height})
+            out["print_width"] = tab.evaluate("document.documentElement.scrollWidth")
         finally:
             ctx.close()
     return {**out, "errors": errors, "foreign": foreign}

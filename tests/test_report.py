@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import open_page, unresolved_links
+from browser import PRINT_WIDTH, open_page, unresolved_links
 from cruxes_fixture import write_cruxes_run
 from matplotlib.figure import Figure
 
@@ -140,6 +140,7 @@ def test_cruxes_index_in_browser(cruxes_run, tmp_path: Path) -> None:
     assert "Protocols" in page["text"] and "resampling unit" in page["text"] and "Holm p" in page["text"]
     # every crux row, and every harness/superseded line, on the first 1280 x 900 screen
     assert page["scroll_width"] <= 1280
+    assert page["print_width"] <= PRINT_WIDTH  # printed on A4 landscape, nothing is cut off
     for box in [r["box"] for r in page["rows"]] + page["apart"]:
         assert box[2] <= 1280 and box[3] <= 900, box
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
