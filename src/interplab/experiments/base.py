@@ -80,6 +80,7 @@ class Result:
     tables: dict[str, dict[str, list]] = field(default_factory=dict)  # name -> {"columns", "rows"}
     figures: dict[str, Figure] = field(default_factory=dict)
     captions: dict[str, str] = field(default_factory=dict)  # figure or table name -> caption
+    key_figure: str = ""  # the figure shown as a thumbnail beside the experiment's rows (default: the first)
     summary: str = ""
     scale: str = "default"  # "small" (what `cruxes` runs) or "default"
     code: str = field(default_factory=code_hash)  # hash of the computing source that produced it
@@ -99,6 +100,7 @@ class Result:
             "tables": _clean(self.tables, floats=False),
             "figures": {name: f"figures/{_file_name(name)}.png" for name in self.figures},
             "captions": dict(self.captions),
+            "key_figure": self.key_figure if self.key_figure in self.figures else next(iter(self.figures), None),
             "scale": self.scale,
             "code_hash": self.code,
             "cruxes": _protocols(self.verdicts),
