@@ -149,9 +149,10 @@ def network_controls(cfg: EstimatorsConfig, rare: bool) -> tuple[Evidence, Evide
 
 def _note(ev: Evidence) -> str:
     x = ev.extra
-    return (f"{x['method']} against the better of Monte Carlo at equal FLOPs and the estimate 0; "
-            f"{x['unresolved']} of {ev.n_units} scored networks below the truth's resolution (their value is a "
-            "lower bound)")
+    zero = sum(b == "zero" for b in x["baselines"])
+    return (f"{x['method']} against the better of Monte Carlo at equal FLOPs and the estimate 0 (0 was the better "
+            f"on {zero} of {ev.n_units} networks); {x['unresolved']} of {ev.n_units} scored networks below the "
+            "truth's resolution (their value is a lower bound)")
 
 
 def run_mlp(cfg: EstimatorsConfig, scale: str) -> tuple[dict, dict, list[Verdict]]:
