@@ -10,8 +10,9 @@ final weights. Inputs are scaled so that E||x||^2 = d_in (estimated on the first
 scale is folded back into the biases at the end, so the result acts on raw activations. Adam's
 learning rate warms up linearly and decays linearly to zero over the last `decay` of the steps
 (SAELens's "constant" schedule with warm-up and decay steps). A latent is dead after
-`dead_tokens` tokens without firing; AuxK then trains the dead ones on the residual. TopK SAEs take
-`FastTopKStep`, every other architecture `ReferenceStep` (`steps.py`).
+`dead_tokens` tokens without firing; AuxK then trains the dead ones on the residual. TopK, BatchTopK,
+JumpReLU (L0 penalty) and ReLU SAEs take the fast step of `fast.py` on the CPU, anything else (and
+every architecture off the CPU, or with `fast=False`) the autograd `ReferenceStep` (`steps.py`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from interplab import ui
 from interplab.config import Config
 from interplab.decompose.base import create
 from interplab.decompose.sae import SAE, SAEDecomposer
-from interplab.decompose.steps import FastTopKStep, ReferenceStep
+from interplab.decompose.fast import FastStep
+from interplab.decompose.steps import ReferenceStep
 from interplab.decompose.streams import Stream, generator, make_stream
 from interplab.errors import UserError
 from interplab.runtime import device
@@ -84,7 +86,7 @@ class TrainConfig(Config):
     checkpoint_every: int = Field(default=1000, ge=1)
     """Steps between checkpoints, when a checkpoint folder is given."""
     fast: bool = True
-    """TopK SAEs: use the sparse hand-written step (False: autograd, for checking)."""
+    """Use the sparse hand-written step where one exists (False: autograd, for checking)."""
     threads: int | None = Field(default=None, ge=1)
     """torch threads while training (None: leave torch's setting). On a machine whose cores are
     busy with other work, 1 avoids OpenMP threads waiting on each other."""
@@ -236,7 +238,7 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
     dev = device(cfg.device)
     module.to(dev)
     on_cpu = dev.type == "cpu"
-    kind = FastTopKStep if cfg.fast and on_cpu and FastTopKStep.applies(module) else ReferenceStep
+    kind = FastStep if cfg.fast and on_cpu and FastStep.applies(module) else ReferenceStep
     step_fn = kind(module, lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.aux_coefficient)
     loop = _Loop(0, cfg.sparsity_coefficient, 0.0, torch.zeros(module.d_sae, dtype=torch.long))
     identity = _identity(module, cfg, scale)
