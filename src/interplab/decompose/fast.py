@@ -21,6 +21,7 @@ from typing import ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from interplab.decompose.distributed import World, batch_moments
 from interplab.decompose.sae import SAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 from interplab.decompose.steps import Scatter, StepOutput, _csr, adam_tensors, aux_gradients, load_adam
 
@@ -140,8 +141,10 @@ class FastStep:
             return False
         return not (isinstance(module, JumpReLUSAE) and module.sparsity != "l0")
 
-    def __init__(self, module: SAE, lr: float, betas: tuple[float, float], eps: float, aux_coefficient: float):
+    def __init__(self, module: SAE, lr: float, betas: tuple[float, float], eps: float, aux_coefficient: float,
+                 world: World | None = None):
         self.module, self.aux, self.rules = module, aux_coefficient, RULES[type(module)](module)
+        self.world = world or World()
         self.uses_aux = isinstance(module, (TopKSAE, BatchTopKSAE))  # AuxK revives their dead latents
         self.k = int(module.k or 1)
         self.k_aux = max(1, module.d_in // 2)  # Gao et al.'s heuristic, as in `auxk_loss`
@@ -165,7 +168,7 @@ class FastStep:
         return self._pre[:n]
 
     # --- which entries -----------------------------------------------------------------------
-    def _select(self, pre: torch.Tensor) -> Entries | None:
+    def _select(self, pre: torch.Tensor, n_all: int) -> Entries | None:
         """The candidate entries, or None when they are too many for sparse kernels (dense path)."""
         n, m = pre.shape
         if isinstance(self.module, TopKSAE):
@@ -173,10 +176,12 @@ class FastStep:
             return Entries(torch.arange(n).repeat_interleave(self.k), idx.reshape(-1), vals.reshape(-1),
                            torch.arange(0, n * self.k + 1, self.k))
         if isinstance(self.module, BatchTopKSAE):
-            return self._batch_topk(pre)
+            return self._batch_topk(pre) if self.world.size == 1 else self._batch_topk_shared(pre, n_all)
         th = self.rules.threshold()
         cut = pre > (th - self.rules.h / 2) if th is not None else pre > 0  # active or inside θ's kernel
-        if int(cut.sum()) > DENSE_FRACTION * n * m:
+        count = cut.sum().reshape(1)
+        self.world.sum_(count)  # every rank takes the same path
+        if int(count) > DENSE_FRACTION * n_all * m:
             return None
         return _entries_from_mask(pre, cut)
 
@@ -196,6 +201,22 @@ class FastStep:
         torch.cumsum(counts, 0, out=crow[1:])
         return Entries(rows, lat, pre.flatten()[flat], crow)
 
+    @torch.no_grad()
+    def _batch_topk_shared(self, pre: torch.Tensor, n_all: int) -> Entries:
+        """BatchTopK over a batch split across ranks: the k·n-th largest value of the whole batch
+        (from every rank's own top k·n) is the cut; each rank keeps its entries at or above it."""
+        acts = pre.clamp_min(0)  # (n, m)
+        want = self.k * n_all
+        local = acts.flatten().topk(min(want, acts.numel())).values
+        cut = self.world.gather(local).topk(min(want, self.world.gather(local).numel())).values.min()
+        mask = (acts >= cut) & (acts > 0)  # zero codes change nothing: left out
+        kept = acts[mask]
+        low = (kept.min() if kept.numel() else acts.new_tensor(float("inf"))).reshape(1)
+        self.world.min_(low)
+        if torch.isfinite(low).all():
+            self.module.threshold.lerp_(low[0].expand_as(self.module.threshold), self.module.threshold_lr)
+        return _entries_from_mask(pre, mask)
+
     # --- the step ------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, dead: torch.Tensor, lr_scale: float, coef: float) -> StepOutput:
@@ -203,16 +224,22 @@ class FastStep:
         n, m = x.shape[0], Wt.shape[0]
         xc = x - bd  # (n, d)
         pre = torch.addmm(be, xc, Wt.T, out=self._buffer(n, m, x.dtype))  # (n, m): the one dense product
-        e = self._select(pre)
-        total = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)  # ()
-        scale = coef / (n * self.module.d_in)
+        total, n_all = batch_moments(x, self.world)  # of the global batch, whichever rank holds its rows
+        total = total.clamp_min(torch.finfo(x.dtype).tiny)  # ()
+        e = self._select(pre, n_all)
+        scale = coef / (n_all * self.module.d_in)
         if e is None:
-            fvu, err, g_rec, active, fired = self._dense(x, xc, pre, total, scale)
+            sse, err, g_rec, active, fired = self._dense(x, xc, pre, total, scale)
         else:
-            fvu, err, g_rec, active, fired = self._sparse(x, xc, e, total, scale)
+            sse, err, g_rec, active, fired = self._sparse(x, xc, e, total, scale)
         if self.uses_aux and bool(dead.any()):
-            aux_gradients(self.params, pre, xc, err, dead, self.aux, self.k_aux, self.dense_aux)
-        bd.grad = g_rec.sum(0) - be.grad @ Wt  # (d,): the output bias, and -b_dec inside the encoder
+            aux_gradients(self.params, pre, xc, err, dead, self.aux, self.k_aux, self.dense_aux, self.world)
+        g_bias = g_rec.sum(0)  # (d,)
+        stats = torch.stack([sse, active.to(sse.dtype)])  # (2,)
+        log_t = self.module.log_threshold if isinstance(self.module, JumpReLUSAE) else None
+        self.world.sum_(Wd.grad, Wt.grad, be.grad, g_bias, stats, *([log_t.grad] if log_t is not None else []))
+        self.world.max_(fired)
+        bd.grad = g_bias - be.grad @ Wt  # (d,): the output bias, and -b_dec inside the encoder
         if self.module.unit_decoder:
             Wd.grad -= (Wd.grad * Wd).sum(1, keepdim=True) * Wd  # remove the part parallel to each row
         for opt, base in zip(self.opts, self.base, strict=True):
@@ -220,11 +247,12 @@ class FastStep:
             opt.step()
         if self.module.unit_decoder:
             Wd /= Wd.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return StepOutput(fvu, active.to(x.dtype) / n, fired)
+        return StepOutput(stats[0] / total, stats[1] / n_all, fired)
 
     def _sparse(self, x: torch.Tensor, xc: torch.Tensor, e: Entries, total: torch.Tensor,
                 scale: float) -> tuple[torch.Tensor, ...]:
-        """fvu, err (n, d), g_rec (n, d), the active count and the fired mask (m,); gradients set."""
+        """This rank's squared error, err (n, d), g_rec (n, d), active count and fired mask (m,); local
+        gradients set (the caller reduces them across ranks)."""
         Wt, be, Wd, bd = self.params
         n, m = x.shape[0], Wt.shape[0]
         th = self.rules.threshold()
@@ -232,7 +260,6 @@ class FastStep:
         codes = self.rules.codes(e.pre, th_e)  # (E,)
         recon = F.embedding_bag(e.lat, Wd, e.crow[:-1], per_sample_weights=codes, mode="sum")  # (n, d)
         err = recon.add_(bd).sub_(x)  # (n, d) recon - x
-        fvu = err.pow(2).sum() / total
         g_rec = err * (2 / total)  # (n, d): d fvu / d recon
         g_code = sampled_dots(e, g_rec, Wd)  # (E,)
         self._theta_grad(e.pre, th_e, g_code, scale, e.lat)
@@ -249,7 +276,7 @@ class FastStep:
         on = self.rules.active(e.pre, th_e) & (codes != 0)  # (E,)
         fired = torch.zeros(m, dtype=torch.bool)
         fired[e.lat[on]] = True
-        return fvu, err, g_rec, on.sum(), fired
+        return err.pow(2).sum(), err, g_rec, on.sum(), fired
 
     def _dense(self, x: torch.Tensor, xc: torch.Tensor, pre: torch.Tensor, total: torch.Tensor,
                scale: float) -> tuple[torch.Tensor, ...]:
@@ -258,7 +285,6 @@ class FastStep:
         th = self.rules.threshold()
         codes = self.rules.codes(pre, th)  # (n, m)
         err = torch.addmm(bd, codes, Wd).sub_(x)  # (n, d)
-        fvu = err.pow(2).sum() / total
         g_rec = err * (2 / total)  # (n, d)
         g_code = g_rec @ Wd.T  # (n, m)
         self._theta_grad(pre, th, g_code, scale, None)
@@ -271,7 +297,7 @@ class FastStep:
         Wt.grad = g_pre.T @ xc  # (m, d)
         be.grad = g_pre.sum(0)  # (m,)
         on = self.rules.active(pre, th) & (codes != 0)  # (n, m)
-        return fvu, err, g_rec, on.sum(), on.any(0)
+        return err.pow(2).sum(), err, g_rec, on.sum(), on.any(0)
 
     def _theta_grad(self, pre: torch.Tensor, th: torch.Tensor | None, g_code: torch.Tensor, scale: float,
                     lat: torch.Tensor | None) -> None:

@@ -14,12 +14,13 @@ and the encoder's weight gradient), which is what a plain autograd SAE costs.
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from interplab.decompose.sae import SAE
+from interplab.decompose.distributed import World, batch_moments
+from interplab.decompose.sae import SAE, BatchTopKSAE
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -53,26 +54,65 @@ def load_adam(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> N
 
 
 class ReferenceStep:
-    """Autograd through `SAE.forward`: slow and plain, the definition the fast step must match."""
+    """Autograd through `SAE.forward`: slow and plain, the definition the fast step must match.
 
-    def __init__(self, module: SAE, lr: float, betas: tuple[float, float], eps: float, aux_coefficient: float):
+    Under data parallelism (`world` of several ranks) each rank's loss is its share of the global
+    batch's loss (its squared error over the global total variance, its rows' penalty over the
+    global row count, AuxK over the global residual variance) and the gradients are summed across
+    ranks before the update; BatchTopK then keeps the top k·n of each rank's rows (an approximation:
+    the fast step on the CPU cuts the whole batch) and the ranks average its threshold."""
+
+    def __init__(self, module: SAE, lr: float, betas: tuple[float, float], eps: float, aux_coefficient: float,
+                 world: World | None = None):
         self.module, self.aux = module.train(), aux_coefficient
+        self.world = world or World()
         self.opt = torch.optim.Adam(module.param_groups(lr), betas=betas, eps=eps, foreach=False)
         self.base = [group["lr"] for group in self.opt.param_groups]
 
     def __call__(self, x: torch.Tensor, dead: torch.Tensor, lr_scale: float, coef: float) -> StepOutput:
         out = self.module(x, dead=dead)
-        loss = out.fvu + coef * out.sparsity + self.aux * out.aux_loss
+        if self.world.size == 1:
+            loss, fvu = out.fvu + coef * out.sparsity + self.aux * out.aux_loss, out.fvu.detach()
+        else:
+            loss, fvu = self._shared_loss(x, out, coef)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world.size > 1:
+            params = list(self.module.parameters())
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            self.world.sum_(*(p.grad for p in params))
         self.module.remove_parallel_grads_()
         for group, base in zip(self.opt.param_groups, self.base, strict=True):
             group["lr"] = base * lr_scale
         self.opt.step()
         self.module.normalize_decoder_()
         with torch.no_grad():
+            if self.world.size > 1 and isinstance(self.module, BatchTopKSAE):  # its EMA saw one slice
+                self.world.sum_(self.module.threshold)
+                self.module.threshold /= self.world.size
             active = out.codes != 0  # (n, d_sae)
-            return StepOutput(out.fvu.detach(), active.sum(1).to(x.dtype).mean(), active.any(0))
+            stats = torch.stack([active.sum().to(x.dtype), x.new_tensor(float(x.shape[0]))])  # (2,)
+            fired = active.any(0)
+            self.world.sum_(stats)
+            self.world.max_(fired)
+            return StepOutput(fvu, stats[0] / stats[1], fired)
+
+    def _shared_loss(self, x: torch.Tensor, out: Any, coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the global batch's loss, and the global FVU."""
+        total, n_all = batch_moments(x.detach(), self.world)
+        total = total.clamp_min(torch.finfo(x.dtype).tiny)
+        sse = (x - out.recon).pow(2).sum()
+        loss = sse / total + coef * out.sparsity * (x.shape[0] / n_all)
+        if bool(out.aux_loss.detach() != 0):
+            e = (x - out.recon).detach()  # (n, d)
+            r_local = (e - e.mean(0)).pow(2).sum().clamp_min(torch.finfo(e.dtype).tiny)
+            r_global = batch_moments(e, self.world)[0].clamp_min(torch.finfo(e.dtype).tiny)
+            loss = loss + self.aux * out.aux_loss * (r_local / r_global)
+        shared = sse.detach().reshape(1)
+        self.world.sum_(shared)
+        return loss, shared[0] / total
 
     def state(self) -> dict[str, torch.Tensor]:
         params = {f"param.{n}": t.detach() for n, t in self.module.state_dict().items()}
@@ -114,19 +154,20 @@ class Scatter:
 
 
 def aux_gradients(params: list[torch.Tensor], pre: torch.Tensor, xc: torch.Tensor, err: torch.Tensor,
-                  dead: torch.Tensor, aux: float, k_aux: int, dense_aux: float) -> None:
+                  dead: torch.Tensor, aux: float, k_aux: int, dense_aux: float, world: World | None = None) -> None:
     """AuxK as `auxk_loss` defines it (the top k_aux dead latents of each token reconstruct the
     residual), its gradients added to those of params = [W_enc^T, b_enc, W_dec, b_dec]. k_aux = d_in/2
     codes a token is too many for gathers to beat BLAS, so while the dead are few (up to `dense_aux`
     x k_aux) the codes stay dense over the dead columns and every product is a matmul; beyond that,
-    sparse. err (n, d) is recon - x; xc (n, d) is x - b_dec; pre (n, d_sae)."""
+    sparse. err (n, d) is recon - x; xc (n, d) is x - b_dec; pre (n, d_sae). Under data parallelism the
+    residual's total variance is the global batch's (`world`); the caller reduces the gradients."""
     Wt, be, Wd, _ = params
     dead_idx = dead.nonzero().squeeze(1)  # (n_dead,)
     n_dead = dead_idx.numel()
     ka = min(k_aux, n_dead)
     candidates = pre.index_select(1, dead_idx)  # (n, n_dead)
     residual = -err  # (n, d) x - recon, a constant target
-    r_total = (residual - residual.mean(0)).pow(2).sum().clamp_min(torch.finfo(err.dtype).tiny)
+    r_total = batch_moments(residual, world or World())[0].clamp_min(torch.finfo(err.dtype).tiny)
     coef = aux * min(n_dead / k_aux, 1.0) * 2 / r_total  # d (aux_coefficient · aux) / d e_hat, per diff
     if n_dead <= dense_aux * k_aux:
         a_acts = candidates.clamp_min(0)  # (n, n_dead)
