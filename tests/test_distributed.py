@@ -71,3 +71,26 @@ def test_a_killed_two_rank_run_resumes(data: Path, tmp_path: Path, two_ranks: Pa
     a, b = load_file(f"{tmp_path / 'w'}.sae-topk"), load_file(f"{two_ranks}.sae-topk")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_two_ranks_harvest_the_shards_one_process_harvests(tmp_path: Path) -> None:
+    """Each rank writes a range of shards, rank 0 the manifest: the store equals a 1-process one byte for byte."""
+    import json
+
+    from interplab.store import ActivationStore
+
+    harvest = Path(__file__).parent / "helpers" / "ddp_harvest.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    for procs, name in ((1, "one"), (2, "two")):
+        cmd = ([sys.executable, str(harvest)] if procs == 1 else
+               [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(29600 + os.getpid() % 1000), str(harvest)])
+        done = subprocess.run([*cmd, str(tmp_path / name), "2500", "300"], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "manifest.json").read_text()) for n in ("one", "two"))
+    assert two["complete"] and len(two["shards"]) == 9
+    assert [s["sha256"] for s in one["shards"]] == [s["sha256"] for s in two["shards"]]
+    assert sorted(p.name for p in (tmp_path / "two").glob("part-*.json")) == ["part-000-of-002.json",
+                                                                              "part-001-of-002.json"]
+    assert torch.equal(ActivationStore(tmp_path / "one").all("hidden"), ActivationStore(tmp_path / "two").all("hidden"))

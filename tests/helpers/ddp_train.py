@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from interplab import ui
 from interplab.decompose import create
-from interplab.decompose.distributed import World
+from interplab.parallel import World
 from interplab.decompose.train import train_sae
 
 data, out, names, steps = sys.argv[1], sys.argv[2], sys.argv[3].split(","), int(sys.argv[4])

@@ -21,7 +21,7 @@ from typing import ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from interplab.decompose.distributed import World, batch_moments
+from interplab.parallel import World, batch_moments
 from interplab.decompose.sae import SAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 from interplab.decompose.steps import Scatter, StepOutput, _csr, adam_tensors, aux_gradients, load_adam
 

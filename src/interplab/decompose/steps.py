@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from interplab.decompose.distributed import World, batch_moments
+from interplab.parallel import World, batch_moments
 from interplab.decompose.sae import SAE, BatchTopKSAE
 
 

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from interplab import ui
 from interplab.config import Config
 from interplab.decompose.base import create
-from interplab.decompose.distributed import World
+from interplab.parallel import World
 from interplab.decompose.sae import SAE, SAEDecomposer
 from interplab.decompose.fast import FastStep
 from interplab.decompose.steps import ReferenceStep

@@ -1,6 +1,7 @@
-"""Data-parallel SAE training on torch.distributed: each rank takes a slice of every global batch.
+"""Data parallelism on torch.distributed: SAE training (each rank a slice of every global batch) and
+harvests (each rank a range of shards).
 
-    torchrun --nproc_per_node 2 -m interplab.cli train-sae STORE --site resid_post.6 --out my-sae
+    torchrun --nproc_per_node 2 $(which interplab) train-sae STORE --site resid_post.6 --out my-sae
 
 `World` is this process's place among the ranks (a world of one when torch.distributed is not
 initialised, and then every method is free). The steps reduce what the batch defines globally — the
