@@ -21,9 +21,22 @@ beside its replacement where it was a definition rather than a bug:
 
 from interplab.verdicts.crux import define
 
-POLY = ("a planted layer whose units each mix 3 planted features of equal mass (PR = 3 by "
-        "construction), through the same pipeline")
-MONO = "a planted layer whose units each carry exactly one planted feature (PR = 1 by construction)"
+POLY = ("tms: planted weights whose neurons each mix 3 planted features of equal mass (PR = 3 by "
+        "construction); LM: activations planted from a sparse dictionary of random unit directions (every "
+        "neuron mixes many features), through the same SAE refits")
+MONO = ("tms: planted weights whose neurons each carry exactly one planted feature (PR = 1 by construction); "
+        "LM: activations planted from sparse features aligned with the neurons (one per neuron), through the "
+        "same SAE refits")
+SPREAD = ("tms: planted features each spread evenly over 3 neurons (PR = 3 by construction); LM: activations "
+          "planted from a sparse dictionary of random unit directions, through the same SAE refits")
+ALIGNED = ("tms: planted features each aligned with one neuron (PR = 1 by construction); LM: activations "
+           "planted from sparse features aligned with the neurons, through the same SAE refits")
+FEATURES = ("features: the trained W's columns (tms) or the distinct live latents of an sae-topk refit (LM, "
+            "a proxy: latents that fire on held-out rows, duplicates with cosine >= 0.9 dropped)")
+GAP_LM = ("SAE refits with different seeds, real and null refitted in pairs, the null sample redrawn per pair, "
+          "plus the block-bootstrap variance of their mean over the shared held-out tokens")
+GAP_UNIT = ("trained toy instances (tms: one real/null SAE pair per instance, each on its own samples) or, on "
+            "the LM, " + GAP_LM)
 
 define(
     id="1a", experiment="hypotheses", family="hypotheses",
@@ -31,22 +44,24 @@ define(
     claim="the typical neuron carries more than one feature",
     statistic="median over live neurons j of PR_j, the participation ratio of the features' contributions "
               "c_ji to neuron j (activation mass E[code_i^2] w_ji^2, positive weights only on rectified "
-              "sites; w_ji^2 E[code_i^2] on signed sites); per trained instance or SAE refit, averaged",
+              "sites, the tms ReLU neurons; w_ji^2 E[code_i^2] on signed sites, the LM's); " + FEATURES + "; per "
+              "trained instance or SAE refit, averaged",
     null="1.5, the definition's threshold for 'more than one feature' (PR = 1: exactly one)",
     direction="higher",
     unit="trained toy instances (tms) or SAE refits with different seeds (LM)",
-    positive_control=POLY.replace("units", "neurons"),
-    negative_control=MONO.replace("units", "neurons"),
+    positive_control=POLY,
+    negative_control=MONO,
 )
 define(
     id="1a-signblind", experiment="hypotheses", family="hypotheses-secondary", primary=False,
     question="1a (sign-blind share): are neurons polysemantic, counting negative weights too?",
     claim="the typical neuron carries more than one feature",
-    statistic="as 1a with c_ji = w_ji^2 E[code_i^2] whatever the sign of w_ji (the reference's first form)",
+    statistic="as 1a with c_ji = w_ji^2 E[code_i^2] whatever the sign of w_ji (the reference's first form); "
+              "computed on rectified sites only (on signed sites it is 1a itself)",
     null="1.5", direction="higher",
     unit="as 1a",
-    positive_control=POLY.replace("units", "neurons"),
-    negative_control=MONO.replace("units", "neurons"),
+    positive_control=POLY,
+    negative_control=MONO,
     why="kept beside 1a: on ReLU neurons a negative weight never makes the neuron fire, so the primary "
         "1a counts activation mass; both are shown (review finding 6)",
 )
@@ -58,8 +73,8 @@ define(
     null="the same fraction after Haar-random rotations of the neuron basis (mean over rotations)",
     direction="higher",
     unit="as 1a",
-    positive_control=POLY.replace("units", "neurons"),
-    negative_control=MONO.replace("units", "neurons"),
+    positive_control=POLY,
+    negative_control=MONO,
     why="superseded by 1a: in d >= 64 the fraction and its rotation null are both 1, so this form could "
         "never read 'supported' (review finding 1); kept so the change is visible",
 )
@@ -68,12 +83,12 @@ define(
     question="1b: does a feature span several neurons?",
     claim="the typical feature is spread over more than one neuron",
     statistic="median over represented features i of PR_i = (sum_j w_ji^2)^2 / sum_j w_ji^4, its "
-              "participation ratio over neurons; per trained instance or SAE refit, averaged",
+              "participation ratio over neurons; " + FEATURES + "; per trained instance or SAE refit, averaged",
     null="1.5, the definition's threshold (PR = 1: the feature is one neuron)",
     direction="higher",
     unit="trained toy instances (tms) or SAE refits with different seeds (LM)",
-    positive_control="planted features each spread evenly over 3 neurons (PR = 3 by construction)",
-    negative_control="planted features each aligned with one neuron (PR = 1 by construction)",
+    positive_control=SPREAD,
+    negative_control=ALIGNED,
 )
 define(
     id="1b-frac", experiment="hypotheses", family="hypotheses-secondary", primary=False,
@@ -83,8 +98,8 @@ define(
     null="the same fraction after Haar-random rotations of the neuron basis",
     direction="higher",
     unit="as 1b",
-    positive_control="planted features each spread evenly over 3 neurons",
-    negative_control="planted features each aligned with one neuron",
+    positive_control=SPREAD,
+    negative_control=ALIGNED,
     why="superseded by 1b and `basis`: saturates at 1 for real and null alike in high dimension (finding 1)",
 )
 define(
@@ -97,10 +112,11 @@ define(
     null="0: the neurons look like random directions",
     direction="higher",
     unit="trained toy instances (tms) or SAE refits (LM); rotations averaged within each",
-    positive_control="planted features aligned with the neuron basis (one per neuron) in superposition-free "
-                     "layers: rotations mix them, so the neurons' PR is far below the rotated one",
-    negative_control="planted features in random directions (no privileged basis): neurons and rotations "
-                     "alike",
+    positive_control="features aligned with the neuron basis (one per neuron): rotations mix them, so the "
+                     "neurons' PR is far below the rotated one. " + ALIGNED,
+    negative_control="features in random directions (no privileged basis): neurons and rotations alike in "
+                     "distribution. tms: planted Gaussian weights; LM: activations planted from a sparse "
+                     "dictionary of random unit directions, through the same SAE refits",
 )
 define(
     id="2a", experiment="hypotheses", family="hypotheses",
@@ -108,22 +124,23 @@ define(
     claim="a sparse code beats PCA at the same number of active codes on the real activations by more "
           "than it does on a Gaussian with the same mean and covariance",
     statistic="[FVU(PCA rank k) - FVU(sae-topk, k active)] on held-out real activations minus the same gap "
-              "on held-out samples of the matched Gaussian (each SAE fitted on its own kind), per refit, "
-              "averaged",
+              "on held-out samples of the matched Gaussian (each SAE fitted on its own kind), per unit, "
+              "averaged; the activations are the learned representation (tms: the hidden ReLU layer of each "
+              "trained instance, never its sampled inputs; LM: the site)",
     null="0: the real activations hold no more sparse structure than their Gaussian twin",
     direction="higher",
-    unit="SAE refits with different seeds (real and null refitted in pairs), plus the held-out tokens "
-         "(block bootstrap, added as sampling variance)",
-    positive_control="activations planted from a sparse dictionary (few active features per row), same "
-                     "dimension, rows and fits",
+    unit=GAP_UNIT,
+    positive_control="activations planted from a sparse dictionary (`synthetic`, few active features per row), "
+                     "same dimension (5 for tms, the site's d for the LM), rows and fits",
     negative_control="Gaussian activations (no sparse structure by construction) fed through the pipeline as "
                      "the 'real' data",
 )
 define(
     id="2a-input", experiment="hypotheses", family="harness", kind="harness",
-    question="2a harness: do the toy's sampled inputs fire sparsely, as configured?",
+    question="2a harness: do the toy's sampled inputs (or the planted codes) fire sparsely, as configured?",
     claim="the median input feature fires with probability below 1/2",
-    statistic="median firing probability of the sampled input features",
+    statistic="median firing probability of the sampled input features (tms) or planted codes (synthetic), "
+              "measured on the drawn samples",
     null="0.5", direction="lower",
     unit="none: set by the configured density",
     positive_control="—", negative_control="—",
@@ -149,9 +166,11 @@ define(
               "Gaussian, per refit, averaged",
     null="0",
     direction="higher",
-    unit="SAE refits (real and null in pairs) plus held-out tokens (block bootstrap)",
-    positive_control="activations planted from a sparse dictionary with 4d features",
-    negative_control="activations planted from d/2 orthogonal features (fewer features than dimensions)",
+    unit=GAP_LM,
+    positive_control="activations planted from a sparse dictionary with 4d features (`synthetic`), same "
+                     "dimension, rows and fits",
+    negative_control="activations planted from d/2 orthonormal sparse features (fewer features than "
+                     "dimensions), same dimension, rows and fits",
 )
 define(
     id="2b-planted", experiment="hypotheses", family="harness", kind="harness",
