@@ -24,9 +24,11 @@ Refined after running the controls only (before any LM result was seen):
   control (Gaussian rows fed in as the real ones) read "supported" at the small scale (0.0055
   [0.0010, 0.0100] at width 4d): 3072 rows in 576 dims spread the twin's spectrum (Marchenko-
   Pastur), so PCA and the SAE scored differently on it for a reason that is not sparsity.
-- 2b-width has min_scale "default": its controls separate at the small scale's steps only with a
-  narrow and a wide dictionary (widths 1d and 4d: positive 0.0071 [0.0042, 0.0101], negative -0.087),
-  i.e. about 30 more 576-dim SAE fits than the small scale's 90-second budget holds.
+- 2b-width has min_scale "default": it needs a narrow and a wide dictionary (widths 1d and 4d), about
+  30 more 576-dim SAE fits than the small scale's 90-second budget holds, and even then its controls
+  do not separate at the small scale's rows and steps: with the plain twin the positive read 0.0071
+  [0.0042, 0.0101] (100 steps of 256), with the exact twin at round 1's small settings (150 steps of
+  512) it reads -0.00095 [-0.0049, 0.0030], inconclusive (the negative, -0.40, passes).
 """
 
 from interplab.verdicts.crux import define
