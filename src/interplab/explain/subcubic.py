@@ -19,14 +19,15 @@ The check is monotone in j (a smaller j raises the gap and lowers W), so j is fo
 O(vocab² n_ctx log vocab) checks. Two strategies differ in where the gap comes from:
 
 - `subcubic`: EQKE computed exactly (vocab²·d_head), gap by a running max over keys;
-- `subcubic-rank1`: EQKE never formed. Its top singular pair σ u vᵀ is found from the factors
-  (QR of each, SVD of the d×d core: vocab·d² + d³), the remainder R = EQKE - σ u vᵀ = Q K'ᵀ with
-  K' = (I - v vᵀ) K, and each row's norm ||R_q|| = sqrt(Q_q G Q_qᵀ), G = K'ᵀK', bounds every entry
-  and every difference: R[q,m] - R[q,k] <= √2 ||R_q||. So gap >= σ u_q (v_m - v_k) - √2 ||R_q||.
+- `subcubic-rank1`: EQKE never formed. Its top singular pair σ u vᵀ comes from power iterations on
+  the factors (vocab·d_head each), the remainder R = EQKE - σ u vᵀ = Q K'ᵀ with K' = (I - v vᵀ) K is
+  bounded entry by entry by norms: R[q,m] - R[q,k] <= ||Q_q|| (||K'_m|| + ||K'_k||). So
+  gap >= σ u_q (v_m - v_k) - ||Q_q|| (||K'_m|| + max_{k<=j} ||K'_k||), all in vocab·d_head.
 
 Unexplained dimension, following the accounting of the published code (`effective_dimension_estimate`):
 EVOU vocab², the direct path's per-query max-difference vocab, the positional OV vocab, EQKP none,
-and the attention vocab² (exact EQKE) or 2·vocab + vocab (singular vectors + one remainder per row).
+and the attention vocab² (exact EQKE) or 4·vocab (the singular vectors, the query norms and the
+remainder key norms).
 """
 
 from __future__ import annotations
@@ -100,32 +101,38 @@ def exact_tables(p: Paths) -> Tables:
     return Tables(gap, rel, rel, lo, hi, tot, U, E_max, E_q, W, fc.total)
 
 
-def rank1_tables(w: Weights) -> Tables:
-    """Tables with the gap from EQKE's rank-1 part and a per-row remainder bound (`subcubic-rank1`)."""
+def rank1_tables(w: Weights, iterations: int = 8) -> Tables:
+    """Tables with the gap from EQKE's rank-1 part and worst-case remainder bounds (`subcubic-rank1`).
+
+    EQKE = Q Kᵀ is never formed. v, its top right singular vector, comes from a few power iterations
+    on the factors (any unit v keeps the bound sound; a good one keeps it tight); σu = Q (Kᵀ v)
+    exactly, so the remainder is R = Q K'ᵀ with K' = K - v (vᵀ K), and by Cauchy–Schwarz
+    |R[q,m] - R[q,k]| <= ||Q_q|| (||K'_m|| + ||K'_k||), |R[q,m]| <= ||Q_q|| ||K'_m||: vocab·d_head work.
+    """
     fc = Flops()
     Q = query_side(w, fc)  # (V, h)
     K, K_pos = key_side(w, fc)  # (V, h), (n, h)
     eqkp = positional_scores(Q, K_pos, fc)  # (V, n)
-    V, h = Q.shape
-    Qq, Rq = torch.linalg.qr(Q)
-    Qk, Rk = torch.linalg.qr(K)
-    _, _, Vh = torch.linalg.svd(fc.mm(Rq, Rk.T))
-    fc.add(2 * 4 * V * h * h + 22 * h**3)
-    v = fc.mm(Qk, Vh[0])  # (V,) unit right singular vector of Q Kᵀ
+    V = Q.shape[0]
+    v = torch.full((V,), V**-0.5, dtype=torch.float64)
+    for _ in range(iterations):  # v <- (Q Kᵀ)ᵀ (Q Kᵀ) v, normalised
+        v = fc.mm(K, fc.mm(Q.T, fc.mm(Q, fc.mm(K.T, v))))
+        v = fc.ew(v / v.norm(), 3)
     su = fc.mm(Q, fc.mm(K.T, v))  # (V,) σ u = Q Kᵀ v exactly
     K_res = fc.ew(K - v.unsqueeze(1) * fc.mm(v, K), 2)  # (V, h) (I - v vᵀ) K
-    G = fc.mm(K_res.T, K_res)  # (h, h)
-    rho2 = fc.reduce(Q, (fc.mm(Q, G) * Q).sum(1)).clamp_min(0)  # (V,) ||R_q||²
-    rho = fc.ew((rho2 * (1 + 1e-9) + 1e-300).sqrt(), 3)  # (V,) a little slack for rounding
+    q_norm = fc.reduce(Q, Q.norm(dim=1)) * (1 + 1e-9)  # (V,) a little slack for rounding
+    k_norm = fc.reduce(K_res, K_res.norm(dim=1)) * (1 + 1e-9)  # (V,)
+    k_prefix = k_norm.cummax(0).values  # (V,) max_{k<=j} ||K'_k||
     diag = fc.reduce(Q, (Q * K).sum(1))  # (V,) EQKE[q,q]
     vmax, vmin = v.cummax(0).values, v.cummin(0).values  # (V,) running max / min over keys
-    fc.add(2 * V)
+    fc.add(3 * V)
 
     def gap(q, m, j):
-        return su[q] * v[m] - torch.maximum(su[q] * vmax[j], su[q] * vmin[j]) - math.sqrt(2) * rho[q]
+        low = su[q] * v[m] - torch.maximum(su[q] * vmax[j], su[q] * vmin[j])
+        return low - q_norm[q] * (k_norm[m] + k_prefix[j])
 
     centre = fc.ew(diag.unsqueeze(1) - su.unsqueeze(1) * v.unsqueeze(0) + eqkp[:, -1:], 3)  # (q, m)
-    slack = rho.unsqueeze(1).expand_as(centre)
+    slack = fc.ew(q_norm.unsqueeze(1) * k_norm.unsqueeze(0))  # (q, m) bound on |R[q,m]|
     same = torch.eye(V, dtype=torch.bool)
     lo = torch.where(same, eqkp[:, -1:].expand_as(centre), centre - slack)
     hi = torch.where(same, eqkp[:, -1:].expand_as(centre), centre + slack)
@@ -218,7 +225,7 @@ def subcubic(p: Paths) -> Proof:
 def subcubic_rank1(w: Weights) -> Proof:
     """Gap-based proof with EQKE at rank 1 and a worst-case remainder per query row."""
     V = w.vocab
-    return _proof("subcubic-rank1", rank1_tables(w), V, w.n_ctx, V * V + 5 * V)
+    return _proof("subcubic-rank1", rank1_tables(w), V, w.n_ctx, V * V + 6 * V)
 
 
 def claim_passes(t: Tables, j_star: torch.Tensor, n_ctx: int) -> torch.Tensor:
