@@ -22,13 +22,18 @@ def one_hot_max(vocab: int, k: int, unit: int = 0, n_wrong: int = 3, d_model: in
     """Attention exactly one-hot on the max; the max is copied, except for `n_wrong` tokens (chosen
     by `unit`) whose value points at the token below. Accuracy: the share of inputs whose max is
     not one of them; the cubic bound, and every subcubic one, equal it."""
-    gen = torch.Generator().manual_seed(1000 + unit)
-    wrong = (torch.randperm(vocab - 1, generator=gen)[:n_wrong] + 1).tolist()
+    wrong = one_hot_wrong(vocab, unit, n_wrong)
     phi = _angles(vocab)
     for t in wrong:
         phi[t] = phi[t - 1]
     return hand_set_model(vocab, k, ONE_HOT * torch.arange(vocab, dtype=torch.float64), value_angle=phi,
                           d_model=d_model)
+
+
+def one_hot_wrong(vocab: int, unit: int = 0, n_wrong: int = 3) -> list[int]:
+    """The tokens `one_hot_max` copies wrongly for this unit."""
+    gen = torch.Generator().manual_seed(1000 + unit)
+    return sorted((torch.randperm(vocab - 1, generator=gen)[:n_wrong] + 1).tolist())
 
 
 def copy_position(vocab: int, k: int, unit: int = 0, d_model: int = 32) -> MaxOfKModel:
@@ -51,14 +56,14 @@ def poison(vocab: int, k: int, unit: int = 0, step: float = 10.0, d_model: int =
     return hand_set_model(vocab, k, score, d_model=d_model)
 
 
-def query_push(vocab: int, k: int, unit: int = 0, strength: float = 0.05, d_model: int = 32) -> MaxOfKModel:
-    """Attention exactly one-hot on the max; the query position alone adds a push of `strength` towards
-    a direction chosen by `unit`. Only inputs whose query is a max copy feel it (weight 1/copies);
+def query_push(vocab: int, k: int, unit: int = 0, strength: float = 1.5, d_model: int = 32) -> MaxOfKModel:
+    """Attention exactly one-hot on the max; the query position alone adds a push of `strength` x the
+    angle between neighbouring outputs (π/vocab) towards a direction chosen by `unit`. Only inputs whose query is a max copy feel it (weight 1/copies);
     the proofs pessimise the positional value over every position, the query's included, and so
     certify little; an estimate that conditions on the query and the number of copies is exact."""
     psi = torch.pi * (0.2 + 0.3 * unit)
     push = torch.zeros(k, 2, dtype=torch.float64)
-    push[-1] = strength * torch.tensor([torch.cos(torch.tensor(psi)), torch.sin(torch.tensor(psi))])
+    push[-1] = strength * torch.pi / vocab * torch.tensor([torch.cos(torch.tensor(psi)), torch.sin(torch.tensor(psi))])
     return hand_set_model(vocab, k, ONE_HOT * torch.arange(vocab, dtype=torch.float64), position_push=push,
                           d_model=d_model)
 
