@@ -67,7 +67,7 @@ def main() -> None:
     limit = V**k // 16 if args.quick else None
     (fw_correct, fw_flops), fw_wall, fw_cpu = timed(lambda: plain_forward(model, V, k, args.batch, limit))
     scale = 16 if args.quick else 1
-    fw_wall, fw_cpu = fw_wall * scale, fw_cpu * scale
+    fw_wall, fw_cpu, fw_flops = fw_wall * scale, fw_cpu * scale, fw_flops * scale
     print(f"threads {args.threads}, load average {os.getloadavg()[0]:.2f}")
     print(f"brute force   : {bf_wall:7.2f} s wall, {bf_cpu:7.2f} s CPU, {bf.flops:.3g} FLOPs, accuracy {bf.accuracy:.7f}")
     print(f"plain forward : {fw_wall:7.2f} s wall, {fw_cpu:7.2f} s CPU, {fw_flops:.3g} matmul FLOPs"

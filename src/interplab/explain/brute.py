@@ -70,7 +70,20 @@ def _boxes(m: int, n_free: int) -> list[tuple[torch.Tensor, list[torch.Tensor]]]
     below, upto, only = torch.arange(m), torch.arange(m + 1), torch.tensor([m])
     out = [(upto, [below] * j + [only] + [upto] * (n_free - 1 - j)) for j in range(n_free)]
     out.append((only, [below] * n_free))
-    return [(q, r) for q, r in out if all(len(t) for t in r) and len(q)]
+    return [piece for q, r in out if all(len(t) for t in r) and len(q) for piece in _split(q, r)]
+
+
+def _split(qs: torch.Tensor, ranges: list[torch.Tensor], limit: int = 1 << 20) -> list:
+    """Cut a box into boxes of at most `limit` inputs per query along its positions (the largest range,
+    which becomes the innermost axis, is left whole), so memory stays bounded at any n_ctx."""
+    inner = max(range(len(ranges)), key=lambda i: (len(ranges[i]), i))
+    cut = [i for i in range(len(ranges)) if i != inner and len(ranges[i]) > 1]
+    if math.prod(len(r) for r in ranges) <= limit or not cut:
+        return [(qs, ranges)]
+    i = cut[0]
+    half = len(ranges[i]) // 2
+    return [piece for part in (ranges[i][:half], ranges[i][half:])
+            for piece in _split(qs, ranges[:i] + [part] + ranges[i + 1:], limit)]
 
 
 @torch.no_grad()

@@ -77,11 +77,29 @@ def independence(p: Paths) -> Estimate:
     fc.add(p.flops)
     V, n = p.vocab, p.n_ctx
     nf = n - 1
-    rs = _running_sums(p, fc)
-    pos = _position_tables(p, fc)
     q, m = (x.flatten() for x in torch.meshgrid(torch.arange(V), torch.arange(V), indexing="ij"))
     keep = q <= m
     q, m = q[keep], m[keep]  # (P,) the (query, max) pairs
+    max_slot, query, non_max = _slot_states(p, q, m, fc)
+    prob = torch.zeros(V, V, nf + 1, dtype=torch.float64)
+    for c in range(nf + 1):
+        n_max = nf - c
+        ok = (q == m) | (n_max > 0)  # the max must sit somewhere
+        state = rules.add(rules.add(_times(_rows(max_slot, ok), n_max), _rows(query, ok)),
+                          _times(_rows(non_max, ok), c))  # (P_ok, o) N_o
+        fc.add(state.flops + 4 * state.mean.numel())
+        prob[q[ok], m[ok], c] = _prob_negative(state, m[ok], fc)
+    sizes = class_sizes_by_copies(V, n)  # (q, m, c)
+    fc.add(2 * prob.numel())
+    return Estimate("independence", float((prob * sizes).sum()) / V**n, fc.total, prob)
+
+
+def _slot_states(p: Paths, q: torch.Tensor, m: torch.Tensor, fc: Flops) -> tuple[Gaussian, Gaussian, Gaussian]:
+    """Per (query, max) pair, the state (P, o) of one slot's term of N_o: a max copy, the query, a
+    non-max copy, each at a uniformly random non-query position (the query at the last)."""
+    V = p.vocab
+    rs = _running_sums(p, fc)
+    pos = _position_tables(p, fc)
 
     def col(t: torch.Tensor) -> torch.Tensor:  # (P, o) -> (P, 1): the entry of output m
         return t.gather(1, m.unsqueeze(1))
@@ -114,18 +132,8 @@ def independence(p: Paths) -> Estimate:
     ex2 = k_non * (k_non * m.clamp_min(1).unsqueeze(1)) * (
         S2 * (aa + 2 * dU * a2 + dU.square() * s2) + 2 * (a2 + dU * s2) * P2 + s2 * P22)
     non_max = Gaussian(ex, var=(ex2 - ex.square()).clamp_min(0))  # (P, o) one non-max copy's term
-    fc.add(60 * len(q) * V)
-    prob = torch.zeros(V, V, nf + 1, dtype=torch.float64)
-    for c in range(nf + 1):
-        n_max = nf - c
-        ok = (q == m) | (n_max > 0)  # the max must sit somewhere
-        state = rules.add(rules.add(_times(_rows(max_slot, ok), n_max), _rows(query, ok)),
-                          _times(_rows(non_max, ok), c))  # (P_ok, o) N_o
-        fc.add(state.flops + 4 * state.mean.numel())
-        prob[q[ok], m[ok], c] = _prob_negative(state, m[ok], fc)
-    sizes = class_sizes_by_copies(V, n)  # (q, m, c)
-    fc.add(2 * prob.numel())
-    return Estimate("independence", float((prob * sizes).sum()) / V**n, fc.total, prob)
+    fc.add(60 * len(q) * V)  # the elementwise steps above, counted by hand
+    return max_slot, query, non_max
 
 
 def _position_tables(p: Paths, fc: Flops) -> dict[str, torch.Tensor]:
