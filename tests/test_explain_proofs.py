@@ -131,3 +131,24 @@ def test_costs_and_unexplained_dimensions_follow_the_reference(quiet_single_thre
     assert sc.unexplained_dim < cb.unexplained_dim and r1.unexplained_dim < sc.unexplained_dim
     assert 64**3 * 4 < cb.flops < 64**3 * 4**2 * 20  # Θ(V³ k²)
     assert r1.flops < sc.flops < cb.flops
+
+
+@pytest.mark.slow
+def test_no_bound_exceeds_brute_force_on_the_real_subject(quiet_single_thread):
+    """Vocabulary 64, k = 4: the experiment's ten small-scale seeds, two other tasks, perturbed copies."""
+    models = [mk.train_maxofk(mk.MaxOfKConfig(steps=800, seed=s)) for s in range(10)]
+    models += [mk.train_maxofk(mk.MaxOfKConfig(steps=800, seed=0, task=t)) for t in ("min", "first")]
+    gen = torch.Generator().manual_seed(1)
+    for base in models[:2]:
+        noisy = mk.MaxOfKModel(64, 32, 4)
+        noisy.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for prm in noisy.parameters():
+                prm.add_(torch.randn(prm.shape, generator=gen) * prm.std() * 0.2)
+        models.append(noisy)
+    for model in models:
+        w = Weights.of(model)
+        p = paths(w)
+        bf = brute_force(p)
+        for proof in _all(p, w):
+            assert proof.proven <= bf.correct, (proof.name, proof.proven, bf.correct)

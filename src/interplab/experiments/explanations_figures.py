@@ -122,7 +122,7 @@ def surprise_figure(means: dict[str, Any]) -> Figure:
     ax.bar(x, behaviour, bottom=claims, label="behaviour given the explanation")
     ax.axhline(means["weights"]["bits"]["mean"], color="k", ls="--", lw=1, label="bits in the weights")
     ax.set_yscale("log")
-    ax.set_ylim(bottom=1e2)
+    ax.set_ylim(1e2, 3 * max(c + b for c, b in zip(claims, behaviour, strict=True)))
     ax.set_xticks(x, names, rotation=20, fontsize=8)
     ax.set_ylabel("bits (mean over seeds)")
     ax.legend(fontsize=8)
