@@ -55,6 +55,20 @@ def test_brute_force_counts_exactly_what_enumeration_counts(vocab, k, quiet_sing
         assert int(bf.class_correct.sum()) == bf.correct and bf.total == vocab**k
 
 
+def test_brute_force_is_unchanged_when_boxes_are_cut_small(monkeypatch, quiet_single_thread):
+    from interplab.explain import brute
+
+    model = mk.MaxOfKModel(6, 8, 5)
+    model.reset_parameters(torch.Generator().manual_seed(4))
+    p = paths(Weights.of(model))
+    whole = brute.brute_force(p)
+    cut = brute._split
+    monkeypatch.setattr(brute, "_split", lambda qs, ranges, limit=7: cut(qs, ranges, limit=7))
+    pieces = brute.brute_force(p)
+    assert pieces.correct == whole.correct == _exhaustive_correct(p)
+    assert torch.equal(pieces.class_correct, whole.class_correct)
+
+
 def test_brute_force_handles_near_infinite_score_gaps(quiet_single_thread):
     """A poison token 1000 above the max underflows a shared softmax scale: the per-input path takes over."""
     for model in (poison(9, 4, 0, step=1000.0), one_hot_max(9, 4, 1), copy_position(9, 4, 2)):
