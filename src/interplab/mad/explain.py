@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -42,10 +43,12 @@ class _Explain(Detector):
             raise UserError(f"detector '{self.name}' needs the distribution that '{self.estimator}' propagation "
                             f"predicts at '{self.site}'; the trusted views carry it for: {', '.join(states) or 'none'}")
         g = states[self.site]
-        cov = g.cov if g.cov is not None else torch.diag(g.variance)
-        self.whitener_ = Whitener.of(g.mean, cov, self.settings.rcond)
+        if g.cov is None:
+            self.whitener_ = Whitener.diagonal(g.mean, g.variance, self.settings.rcond)
+        else:
+            self.whitener_ = Whitener.of(g.mean, g.cov, self.settings.rcond)
 
-    def _score(self, X: torch.Tensor) -> torch.Tensor:
+    def _score(self, X: torch.Tensor) -> np.ndarray:
         return self.whitener_.nll(X)
 
 

@@ -28,9 +28,9 @@ class IsolationForestDetector(Detector):
         from sklearn.ensemble import IsolationForest
 
         s = self.settings
-        rows = X[canonical_order(X)].numpy()
+        rows = np.take(X.numpy().astype(np.float32), canonical_order(X).numpy(), axis=0)  # the forest's own dtype
         self.forest_ = IsolationForest(n_estimators=s.n_estimators, max_samples=min(s.max_samples, len(rows)),
                                        random_state=s.seed).fit(rows)
 
     def _score(self, X: torch.Tensor) -> np.ndarray:
-        return -self.forest_.score_samples(X.numpy())
+        return -self.forest_.score_samples(X.numpy().astype(np.float32))

@@ -28,7 +28,15 @@ from pydantic import Field
 
 from interplab.mad.base import Detector, DetectorSettings, Views, register
 
-CHUNK = 8192
+CHUNK = 16384
+
+
+def as_numpy(X: torch.Tensor | np.ndarray) -> np.ndarray:
+    """float64 numpy view of X (no copy for a float64 CPU tensor). The linear algebra here runs in
+    numpy: on one thread its BLAS was 1.4-1.8x faster than torch's for these float64 products."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    return np.asarray(X, dtype=np.float64)
 
 
 class Moments(NamedTuple):
@@ -40,18 +48,20 @@ class Moments(NamedTuple):
     n: int
 
 
-def moments(X: torch.Tensor, chunk: int = CHUNK) -> Moments:
-    """Moments of rows X (n, d), accumulated over chunks of rows (no centred copy of X)."""
-    X = X.to(torch.float64)
-    n, d = X.shape
-    mean = X.mean(0)  # (d,)
-    cov = torch.zeros(d, d, dtype=torch.float64)
-    fourth = 0.0
-    for part in X.split(chunk):
-        xc = part - mean  # (chunk, d)
-        cov.addmm_(xc.T, xc)
-        fourth += float(xc.square().sum(1).square().sum())
-    return Moments(mean, cov / n, fourth, n)
+def moments(X: torch.Tensor | np.ndarray, chunk: int = CHUNK, fourth_moment: bool = True) -> Moments:
+    """Moments of rows X (n, d), accumulated over chunks of rows (no centred copy of X); the fourth
+    moment (Ledoit-Wolf's) is skipped, and NaN, when not asked for."""
+    A = as_numpy(X)
+    n, d = A.shape
+    mean = A.mean(0)  # (d,)
+    cov = np.zeros((d, d))
+    fourth = 0.0 if fourth_moment else math.nan
+    for i in range(0, n, chunk):
+        xc = A[i:i + chunk] - mean  # (chunk, d)
+        cov += xc.T @ xc
+        if fourth_moment:
+            fourth += float(np.square(np.einsum("ij,ij->i", xc, xc)).sum())
+    return Moments(torch.from_numpy(mean), torch.from_numpy(cov / n), fourth, n)
 
 
 def ledoit_wolf(m: Moments) -> float:
@@ -101,29 +111,47 @@ def covariance(m: Moments, shrinkage: Shrinkage) -> tuple[torch.Tensor, float]:
     return (shrunk(m.cov, s) if s else m.cov), s
 
 
-class Whitener(NamedTuple):
-    """x -> (x - mean) W with W = V Λ^-1/2 over the kept eigenvalues: ||·||² is the Mahalanobis distance."""
+def _cut(values: np.ndarray, rcond: float | None) -> float:
+    """Scipy `pinvh`'s cutoff: rcond (default d x eps) times the largest magnitude."""
+    d = values.shape[0]
+    return (d * np.finfo(np.float64).eps if rcond is None else rcond) * max(float(np.abs(values).max()), 0.0)
 
-    mean: torch.Tensor  # (d,)
-    W: torch.Tensor  # (d, rank)
+
+class Whitener(NamedTuple):
+    """x -> (x - mean) W with W = V Λ^-1/2 over the kept eigenvalues: ||·||² is the Mahalanobis distance.
+
+    A diagonal covariance keeps W as the vector of inverse standard deviations (zero where dropped),
+    so scoring costs O(nd) instead of O(nd²)."""
+
+    mean: np.ndarray  # (d,)
+    W: np.ndarray  # (d, rank), or (d,) for a diagonal covariance
     logdet: float  # Σ log λ over the kept eigenvalues
     rank: int
 
     @classmethod
     def of(cls, mean: torch.Tensor, cov: torch.Tensor, rcond: float | None = None) -> Whitener:
-        lam, V = torch.linalg.eigh(cov.to(torch.float64))  # (d,), (d, d)
-        d = cov.shape[0]
-        cut = (d * np.finfo(np.float64).eps if rcond is None else rcond) * float(lam.abs().max().clamp_min(0))
-        keep = lam > cut
-        W = V[:, keep] / lam[keep].sqrt()  # (d, rank)
-        return cls(mean.to(torch.float64), W, float(lam[keep].log().sum()), int(keep.sum()))
+        lam, V = np.linalg.eigh(as_numpy(cov))  # (d,), (d, d)
+        keep = lam > _cut(lam, rcond)
+        return cls(as_numpy(mean), V[:, keep] / np.sqrt(lam[keep]), float(np.log(lam[keep]).sum()), int(keep.sum()))
 
-    def sq_distance(self, X: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+    @classmethod
+    def diagonal(cls, mean: torch.Tensor, var: torch.Tensor, rcond: float | None = None) -> Whitener:
+        v = as_numpy(var)
+        keep = v > _cut(v, rcond)
+        W = np.where(keep, 1.0 / np.sqrt(np.where(keep, v, 1.0)), 0.0)  # (d,)
+        return cls(as_numpy(mean), W, float(np.log(v[keep]).sum()), int(keep.sum()))
+
+    def sq_distance(self, X: torch.Tensor | np.ndarray, chunk: int = CHUNK) -> np.ndarray:
         """(n,) squared Mahalanobis distances of rows X (n, d)."""
-        out = [((part.to(torch.float64) - self.mean) @ self.W).square().sum(1) for part in X.split(chunk)]
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+        A = as_numpy(X)
+        out = np.empty(A.shape[0])
+        for i in range(0, A.shape[0], chunk):
+            xc = A[i:i + chunk] - self.mean  # (chunk, d)
+            z = xc * self.W if self.W.ndim == 1 else xc @ self.W  # (chunk, rank)
+            out[i:i + chunk] = np.einsum("ij,ij->i", z, z)
+        return out
 
-    def nll(self, X: torch.Tensor) -> torch.Tensor:
+    def nll(self, X: torch.Tensor | np.ndarray) -> np.ndarray:
         """(n,) negative log-density of rows X under N(mean, cov) on the kept eigenspace."""
         return 0.5 * (self.sq_distance(X) + self.logdet + self.rank * math.log(2 * math.pi))
 
@@ -149,5 +177,5 @@ class Mahalanobis(Detector):
         cov, self.shrinkage_ = covariance(m, s)
         self.whitener_ = Whitener.of(m.mean, cov, self.settings.rcond)
 
-    def _score(self, X: torch.Tensor) -> torch.Tensor:
+    def _score(self, X: torch.Tensor) -> np.ndarray:
         return self.whitener_.sq_distance(X)

@@ -18,15 +18,15 @@ class _TwoSided(Detector):
     family = "output"
     source = "logits"
 
-    def statistic(self, logits: torch.Tensor) -> torch.Tensor:
+    def statistic(self, logits: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
 
     def _fit(self, X: torch.Tensor, trusted: Views) -> None:
-        self.sorted_ = np.sort(self.statistic(X).numpy())  # (n,)
+        self.sorted_ = np.sort(self.statistic(X))  # (n,)
 
     def _score(self, X: torch.Tensor) -> np.ndarray:
         t, n = self.sorted_, len(self.sorted_)
-        s = self.statistic(X).numpy()  # (m,)
+        s = self.statistic(X)  # (m,)
         below = (np.searchsorted(t, s, side="right") + 1) / (n + 1)  # P(T <= s)
         above = (n - np.searchsorted(t, s, side="left") + 1) / (n + 1)  # P(T >= s)
         return -np.log(np.minimum(1.0, 2 * np.minimum(below, above)))
@@ -34,12 +34,12 @@ class _TwoSided(Detector):
 
 @register("entropy", help="output-only: how unusual the entropy of the output distribution is")
 class Entropy(_TwoSided):
-    def statistic(self, logits: torch.Tensor) -> torch.Tensor:
+    def statistic(self, logits: torch.Tensor) -> np.ndarray:
         logp = torch.log_softmax(logits, -1)  # (n, V)
-        return -(logp.exp() * logp).sum(-1)  # (n,)
+        return -(logp.exp() * logp).sum(-1).numpy()  # (n,)
 
 
 @register("max-logit", help="output-only: how unusual the largest logit is")
 class MaxLogit(_TwoSided):
-    def statistic(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.max(-1).values  # (n,)
+    def statistic(self, logits: torch.Tensor) -> np.ndarray:
+        return logits.numpy().max(-1)  # (n,)

@@ -8,11 +8,12 @@ pass and one small eigendecomposition.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from interplab.mad.base import Detector, DetectorSettings, Views, register
-from interplab.mad.mahalanobis import CHUNK, moments
+from interplab.mad.mahalanobis import CHUNK, as_numpy, moments
 
 
 class PCASettings(DetectorSettings):
@@ -27,19 +28,21 @@ class PCAResidual(Detector):
     Settings = PCASettings
 
     def _fit(self, X: torch.Tensor, trusted: Views) -> None:
-        m = moments(X)
-        lam, V = torch.linalg.eigh(m.cov)  # ascending
-        lam, V = lam.flip(0).clamp_min(0), V.flip(1)  # (d,), (d, d) descending
+        m = moments(X, fourth_moment=False)
+        lam, V = np.linalg.eigh(as_numpy(m.cov))  # ascending
+        lam, V = np.clip(lam[::-1], 0, None), V[:, ::-1]  # (d,), (d, d) descending
         k = self.settings.n_components
         if k is None:
-            share = lam.cumsum(0) / lam.sum().clamp_min(1e-300)  # (d,)
+            share = np.cumsum(lam) / max(float(lam.sum()), 1e-300)  # (d,)
             k = int((share < self.settings.variance).sum()) + 1
         self.n_components_ = min(k, X.shape[1])
-        self.mean_, self.components_ = m.mean, V[:, : self.n_components_]  # (d,), (d, k)
+        self.mean_, self.components_ = as_numpy(m.mean), np.ascontiguousarray(V[:, : self.n_components_])
 
-    def _score(self, X: torch.Tensor) -> torch.Tensor:
-        out = []
-        for part in X.split(CHUNK):
-            xc = part - self.mean_  # (chunk, d)
-            out.append((xc - (xc @ self.components_) @ self.components_.T).square().sum(1))
-        return torch.cat(out)
+    def _score(self, X: torch.Tensor) -> np.ndarray:
+        A, V = as_numpy(X), self.components_  # (n, d), (d, k)
+        out = np.empty(A.shape[0])
+        for i in range(0, A.shape[0], CHUNK):
+            xc = A[i:i + CHUNK] - self.mean_  # (chunk, d)
+            r = xc - (xc @ V) @ V.T  # (chunk, d) the part outside the top-k subspace
+            out[i:i + CHUNK] = np.einsum("ij,ij->i", r, r)
+        return out
