@@ -1,7 +1,11 @@
 """Isolation forest (scikit-learn): inputs that few random splits isolate are anomalous.
 
-score(x) = -IsolationForest.score_samples(x), fitted on the trusted rows in canonical order (the
-forest's subsamples are drawn by row index, so without it the fit would depend on the rows' order).
+score(x) = -IsolationForest.score_samples(x). The forest's subsamples are drawn by row index, so the
+trusted rows are first put in canonical order (without it the fit would depend on their order).
+Every tree draws `max_samples` rows, so the forest never reads more than n_estimators x max_samples
+distinct rows: it is fitted on a random pool of that many rows (all of them when there are fewer),
+drawn from the canonical order with the detector's seed, which spares scikit-learn a float32 copy of
+every trusted row. Each tree's subsample is still a uniformly random subset of the trusted rows.
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ class IsolationForestDetector(Detector):
         from sklearn.ensemble import IsolationForest
 
         s = self.settings
-        rows = np.take(X.numpy().astype(np.float32), canonical_order(X).numpy(), axis=0)  # the forest's own dtype
+        order = canonical_order(X).numpy()  # (n,)
+        pool = min(len(order), s.n_estimators * s.max_samples)
+        if pool < len(order):
+            order = order[np.random.default_rng(s.seed).permutation(len(order))[:pool]]
+        rows = np.take(X.numpy(), order, axis=0).astype(np.float32)  # the forest's own dtype
         self.forest_ = IsolationForest(n_estimators=s.n_estimators, max_samples=min(s.max_samples, len(rows)),
                                        random_state=s.seed).fit(rows)
 
