@@ -10,10 +10,10 @@ isolation-forest, entropy, max-logit, explain-cov, explain-mean, attribution.
 """
 
 from interplab.mad import attribution, explain, iforest, mahalanobis, output, pca, sae  # noqa: F401  (registration)
-from interplab.mad.base import DETECTORS, OUTPUT_SITE, Detector, DetectorSettings, Views, canonical_order, concat, create
+from interplab.mad.base import DETECTORS, OUTPUT_SITE, Detector, DetectorSettings, Views, canonical_order, create
 from interplab.mad.scoring import auroc, fpr_at_recall, roc_points
 
 __all__ = [
-    "DETECTORS", "OUTPUT_SITE", "Detector", "DetectorSettings", "Views", "auroc", "canonical_order", "concat",
+    "DETECTORS", "OUTPUT_SITE", "Detector", "DetectorSettings", "Views", "auroc", "canonical_order",
     "create", "fpr_at_recall", "roc_points",
 ]

@@ -70,17 +70,6 @@ class Views:
         return dataclasses.replace(self, acts={k: fn(k, v) for k, v in self.acts.items()})
 
 
-def concat(views: list[Views]) -> Views:
-    """Rows of several Views stacked (the first one's `explained` kept)."""
-    first = views[0]
-    return Views(
-        acts={k: torch.cat([v.acts[k] for v in views]) for k in first.acts},
-        logits=None if first.logits is None else torch.cat([v.logits for v in views]),  # type: ignore[misc]
-        grads={k: torch.cat([v.grads[k] for v in views]) for k in first.grads},
-        explained=first.explained,
-    )
-
-
 def canonical_order(X: torch.Tensor) -> torch.Tensor:
     """A permutation (n,) that sorts rows by their projection on a fixed random direction.
 
