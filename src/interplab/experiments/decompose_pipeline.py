@@ -32,7 +32,7 @@ from interplab.hooks import activations
 from interplab.metrics import evaluate_many, fvu
 from interplab.metrics.bootstrap import boot_counts
 from interplab.metrics.downstream import site_rows
-from interplab.metrics.groundtruth import mmcs
+from interplab.metrics.groundtruth import mmcs, random_floor
 from interplab.metrics.interpretability import Labels
 from interplab.metrics.paired import Scorecard, per_batch_mean
 from interplab.runtime import single_thread
@@ -236,6 +236,8 @@ def entry(res: dict[str, Any], card: Scorecard, study: Study, k: int, f: Fitted,
         if study.truth is not None:
             signed = bool(res["details"].get("signed_codes"))
             out["mmcs"] = mmcs(study.truth, f.dec.components_, signed)
+            details["mmcs_random_floor"] = random_floor(study.truth, f.dec.n_components_, signed=signed)
+            details["n_true_features"] = int(study.truth.shape[0])
     if res.get("interp_score") is not None:
         out["interp_score"] = res["interp_score"]
     out.update(k=k, ci=ci, details=details, fit_seconds=f.seconds, eval_seconds=eval_seconds, sae=f.sae,
