@@ -256,3 +256,50 @@ def test_cli_runs_decompose_and_refuses_an_unknown_method(tmp_path: Path) -> Non
     assert set(data["metrics"]["synthetic/hidden"]) == {"random", "pca", "sae-topk"}
     r = _cli("run", "decompose", "--set", "methods=[pca,sae-nope]", "--out", str(tmp_path / "bad"), env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "sae-nope" in r.stderr
+
+
+# --- resume after a kill ------------------------------------------------------------------------------
+def _without_timings(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if "seconds" not in k}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+@pytest.mark.slow
+def test_a_killed_decompose_run_continues_from_its_finished_fits(tmp_path: Path) -> None:
+    """SIGKILL midway: the rerun of the same command reads the finished fits back from the run folder
+    (units/) and ends with the results of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = ["--set", 'subjects=["synthetic","tms"]', "--set", "ks=[4]", "--set", "refits=3",
+            "--set", 'methods=["pca","sae-topk","sae-relu"]', "--set", "toy_train_samples=4096",
+            "--set", "sae_steps=400", "--set", "sae_batch_size=256", "--set", "eval_batches=3",
+            "--set", "toy_eval_batch_size=256", "--set", "n_boot=50",
+            "--set", 'synthetic={"n_features":48,"d":16}',
+            "--set", 'tms={"n_features":24,"n_hidden":12,"density":[0.1],"steps":100}']
+    env = {**os.environ, "INTERPLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "interplab.cli", "run", "decompose", "--small", "-q", *sets]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env)
+    deadline = time.time() + 600
+    while len(list((killed / "units").glob("decomposer-*"))) < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in (killed / "units").glob("decomposer-*")}
+    assert len(finished) >= 3 and not (killed / "results.json").exists()
+    for out in (killed, tmp_path / "straight"):
+        done = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+    after = {p.name: p.stat().st_mtime_ns for p in (killed / "units").glob("decomposer-*")}
+    assert all(after.get(name) == when for name, when in finished.items())  # read back, not refitted
+    a, b = (json.loads((p / "results.json").read_text()) for p in (killed, tmp_path / "straight"))
+    assert _without_timings(a["metrics"]) == _without_timings(b["metrics"])
+    assert [v["statistic"] for v in a["verdicts"]] == [v["statistic"] for v in b["verdicts"]]

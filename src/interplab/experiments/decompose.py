@@ -265,7 +265,7 @@ class DecomposeExperiment(Experiment):
             steps = (len(variants(study, cfg)) + cfg.refits - 1) * len(ks)
             with ui.progress(f"decompose {study.key}: fitting", steps) as advance:
                 for k in ks:
-                    fits = fit_study(study, k, cfg, advance)
+                    fits = fit_study(study, k, cfg, advance, self.units)
                     ui.info(f"decompose {study.key}: scoring at k={k}")
                     per[k] = score_study(study, fits, k, cfg)
             metrics[study.key] = {key: level({k: per[k].entries[key] for k in ks}, ks) for key in per[ks[-1]].entries}

@@ -27,7 +27,8 @@ import torch
 
 from interplab.decompose import DECOMPOSITIONS, create
 from interplab.decompose.sae import SAEDecomposer
-from interplab.experiments.decompose_verdicts import refit_evidence, round1_evidence, pick_sae
+from interplab.experiments.decompose_verdicts import pick_sae, refit_evidence, round1_evidence
+from interplab.experiments.units import Units
 from interplab.hooks import activations
 from interplab.metrics import evaluate_many, fvu
 from interplab.metrics.bootstrap import boot_counts
@@ -129,14 +130,24 @@ def _threads(study: Study) -> contextlib.AbstractContextManager:
     return single_thread() if study.toy else contextlib.nullcontext()
 
 
-def fit(study: Study, v: Variant, k: int, seed: int | None = None) -> Fitted:
+def fit(study: Study, v: Variant, k: int, seed: int | None = None, units: Units | None = None) -> Fitted:
     """One method fitted at budget k (seed: overrides the variant's), with its FVU and L0 on
-    training rows (for choosing the SAE without looking at the scored batches)."""
+    training rows (for choosing the SAE without looking at the scored batches). With `units` (the
+    run's store), a fit finished by an earlier, interrupted run of the same command is read back."""
     settings = v.settings if seed is None else {**v.settings, "seed": seed}
-    start = time.perf_counter()
-    with _threads(study):
+    units = units or Units(None)
+    key = {"study": study.key, "variant": v.key, "k": k, "seed": settings.get("seed")}
+    timed: dict[str, float] = {}
+
+    def run_fit() -> Any:
+        start = time.perf_counter()
         dec = create(v.name, k=k, **settings).fit(study.train)
-        seconds = time.perf_counter() - start
+        timed["seconds"] = time.perf_counter() - start
+        return dec
+
+    with _threads(study):
+        dec = units.decomposer(key, run_fit)
+        seconds = units.json({**key, "what": "fit seconds"}, lambda: timed.get("seconds", 0.0))
         rows = study.train[-SELECT_ROWS:].float()  # (n, d)
         with torch.no_grad():
             out = dec.forward(rows)
@@ -150,20 +161,22 @@ class Fits(NamedTuple):
     refits: list[Fitted]  # that SAE at seeds seed, seed + 1, ...; refits[0] is table[sae]
 
 
-def fit_study(study: Study, k: int, cfg: Any, advance: Callable[..., None] | None = None) -> Fits:
+def fit_study(study: Study, k: int, cfg: Any, advance: Callable[..., None] | None = None,
+              units: Units | None = None) -> Fits:
     """Every variant at the first seed; the within-budget SAE with the lowest training-row FVU is
-    chosen once from those fits and refitted with `cfg.refits - 1` further seeds."""
+    chosen once from those fits and refitted with `cfg.refits - 1` further seeds. Every fit is a
+    unit of work of the run (`units`): a rerun after an interruption reads the finished ones back."""
     vs = variants(study, cfg)
     table: dict[str, Fitted] = {}
     for v in vs:
-        table[v.key] = fit(study, v, k)
+        table[v.key] = fit(study, v, k, units=units)
         if advance:
             advance(1, k=k, method=v.key)
     sae = pick_sae({key: f._asdict() for key, f in table.items()}, k, cfg.budget_slack)
     refits = []
     if sae is not None:
         v = next(v for v in vs if v.key == sae)
-        refits = [table[sae]] + [fit(study, v, k, seed=cfg.seed + r) for r in range(1, cfg.refits)]
+        refits = [table[sae]] + [fit(study, v, k, seed=cfg.seed + r, units=units) for r in range(1, cfg.refits)]
         if advance:
             advance(cfg.refits - 1, k=k, method=f"{sae} refits")
     return Fits(table, sae, refits)
