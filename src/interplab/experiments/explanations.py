@@ -136,7 +136,7 @@ class ExplanationsExperiment(Experiment):
                 s = cfg.seed + i
                 ui.info(f"explanations: k = 4, seed {s}")
                 models[f"k4_s{s}"] = {"seed": s, **evaluate(train(cfg, 4, s), True, prior, cfg.quant_tol, s)}
-                ui.info(models[f"k4_s{s}"]["ledgers"]["text"])
+                ui.detail(models[f"k4_s{s}"]["ledgers"]["text"])
             if cfg.large_k:
                 for i in range(cfg.large_seeds):
                     s = cfg.seed + i
