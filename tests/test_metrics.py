@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -140,6 +141,66 @@ def test_identity_splice_recovers_everything_and_zero_splice_nothing(tiny, tiny_
     assert gone["delta_ce_nats"].value == pytest.approx(gone["ce_zero"].value - gone["ce_clean"].value)
 
 
+def test_kl_is_from_the_clean_distribution_on_a_hand_case():
+    """KL(p_clean || p): with p_clean = (0.9, 0.1) and p = (0.5, 0.5) it is 0.9 ln 1.8 + 0.1 ln 0.2 = 0.3681
+    nats; the other direction would be 0.5 ln(5/9) + 0.5 ln 5 = 0.5108."""
+    from interplab.metrics.downstream import _kl
+
+    clean = torch.tensor([[0.9, 0.1]]).log()
+    got = float(_kl(clean, torch.tensor([[0.0, 0.0]]))[0])  # logits of (0.5, 0.5)
+    assert got == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2), rel=1e-6)
+    assert got == pytest.approx(0.36806, abs=1e-5) and abs(got - 0.51083) > 0.1
+
+
+def test_scores_of_an_intermediate_splice_match_a_hand_computation(tiny, tiny_acts):
+    """Splice 0.5 x (an identity whose decoder is halved) on two batches of different sizes, and recompute
+    every score by hand from the four runs' log-probs: CE summed over predictions at positions 1..T-2,
+    KL(clean || run) over positions 1..T-1, ratios of sums pooled over batches. The hand values that a
+    wrong code would give (per-batch ratios averaged, KL the other way round) differ from the right
+    ones by more than the tolerance, so the test tells them apart."""
+    from interplab.hooks import splice
+
+    batches = [tiny.sample(n, torch.Generator().manual_seed(10 + i), split="test") for i, n in enumerate((2, 5))]
+    mean = tiny_acts.double().mean(0)
+    half = _identity(tiny_acts)
+    with torch.no_grad():
+        half.codec_.W_dec.mul_(0.5)  # reconstructs every activation as 0.5 x
+    got = loss_recovered(half, tiny, "resid_post.0", batches, mean=mean, n_boot=0)
+
+    def logp(x, replace):  # log-probs (b, T-1, V) at positions 1.., position 0 (BOS) left alone
+        fn = lambda a: torch.cat([a[:, :1], replace(a[:, 1:])], dim=1)
+        with torch.no_grad(), splice(tiny.model, {"resid_post.0": fn}, sites=tiny.sites):
+            return torch.log_softmax(tiny.forward(x).double(), dim=-1)[:, 1:]
+
+    runs = {"clean": lambda a: a, "zero": torch.zeros_like, "mean": lambda a: mean.float().expand_as(a),
+            "spliced": lambda a: 0.5 * a}
+    ce = dict.fromkeys(runs, 0.0)
+    kl = dict.fromkeys(runs, 0.0)
+    kl_reverse, per_batch, n = 0.0, [], 0
+    for x in batches:
+        lp = {k: logp(x, fn) for k, fn in runs.items()}
+        here = {k: -float(v[:, :-1].gather(-1, x[:, 2:, None]).sum()) for k, v in lp.items()}  # targets 2..T-1
+        for k in runs:
+            ce[k] += here[k]
+            kl[k] += float((lp["clean"].exp() * (lp["clean"] - lp[k])).sum())
+        kl_reverse += float((lp["spliced"].exp() * (lp["spliced"] - lp["clean"])).sum())
+        per_batch.append((here["zero"] - here["spliced"]) / (here["zero"] - here["clean"]))
+        n += x.shape[0] * (x.shape[1] - 2)
+    ce_score_zero = (ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"])
+    assert got["ce_score_zero"].value == pytest.approx(ce_score_zero, abs=1e-5)
+    assert abs(np.mean(per_batch) - ce_score_zero) > 1e-3  # pooling matters on these batches
+    # mean ablation moves this random LM's CE by 1e-4 nats only, so float32 CE (the code) against float64
+    # (here) shows in this ratio at the 4e-4 level
+    assert got["ce_score_mean"].value == pytest.approx((ce["mean"] - ce["spliced"]) / (ce["mean"] - ce["clean"]),
+                                                       rel=2e-3)
+    assert got["delta_ce_nats"].value == pytest.approx((ce["spliced"] - ce["clean"]) / n, rel=1e-4)
+    assert got["kl_score"].value == pytest.approx(1 - kl["spliced"] / kl["zero"], abs=5e-6)
+    assert abs(kl_reverse - kl["spliced"]) / kl["zero"] > 2e-5  # the reverse KL would miss by 4x the tolerance
+    assert got["kl_score_mean"].value == pytest.approx(1 - kl["spliced"] / kl["mean"], abs=5e-6)
+    assert got["kl_spliced_nats"].value == pytest.approx(kl["spliced"] / (n + sum(x.shape[0] for x in batches)),
+                                                         rel=1e-4)
+
+
 def test_splice_leaves_the_bos_position_untouched(tiny, tiny_acts):
     from interplab.metrics.downstream import LossRecovered
 
@@ -188,6 +249,28 @@ def test_a_perfect_one_sparse_code_is_shorter_than_a_dense_one():
     assert sparse["bits_per_token"] < dense["bits_per_token"] - 20
     lossy = description_length(x, x, 0.5 * x)  # a worse reconstruction costs residual bits
     assert lossy["bits_residual"] > 0 and lossy["bits_per_token"] > sparse["bits_per_token"]
+
+
+def test_description_length_bit_count_of_a_hand_case():
+    """Four tokens x = (1,0), (-1,0), (0,1), (0,-1): per-dimension variance 1/2, so delta^2 = 0.01^2 / 2.
+    Codes: latent 0 = x_0, latent 1 = x_1 (each fires on half the tokens, active values +-1), decoder
+    norms (2, 1) so latent 0's values are +-2 in units of x. The residual is +-0.01 in dimension 0 only.
+        index    = 2 H_b(1/2)                                    = 2 bits
+        values   = 1/2 [1/2 log2(2 pi e 4 / delta^2)] + 1/2 [1/2 log2(2 pi e / delta^2)]
+        residual = 1/2 log2(2 pi e 1e-4 / delta^2) + 0 (an exact dimension costs nothing)
+        raw      = 2 x 1/2 log2(2 pi e (1/2) / delta^2)"""
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    recon = x.clone()
+    recon[:, 0] -= torch.tensor([0.01, -0.01, 0.01, -0.01])
+    got = description_length(x, x.clone(), recon, decoder_norms=torch.tensor([2.0, 1.0]))
+    delta2 = 0.01**2 * 0.5
+    bits = lambda var: 0.5 * math.log2(2 * math.pi * math.e * var / delta2)
+    want = {"bits_index": 2.0, "bits_values": 0.5 * bits(4.0) + 0.5 * bits(1.0), "bits_residual": bits(1e-4),
+            "bits_raw": 2 * bits(0.5)}
+    want["bits_per_token"] = want["bits_index"] + want["bits_values"] + want["bits_residual"]
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-5), key
+    assert got["bits_values"] == pytest.approx(9.6910, abs=1e-3) and got["bits_residual"] == pytest.approx(2.5471, abs=1e-3)
 
 
 def test_dictionary_bits_count_a_sign_split_direction_once():
@@ -254,6 +337,19 @@ def test_evaluate_a_tiny_lm_with_a_small_topk_sae(tiny, tiny_acts):
     assert all(math.isfinite(out[k]) for k in LM_KEYS)
     assert out["l0"] == pytest.approx(4.0) and out["details"]["n_tokens"] == 3 * 4 * 23
     assert 0 <= out["interp_score"] <= 1 and out["details"]["labels"]
+    # behaviour: the same SAE with noise (as large as its rows) added to its decoder reconstructs worse,
+    # so it must score a higher FVU and a lower KL score on the same batches. (CE scores are left out:
+    # this random LM's CE barely moves under any splice, and their CIs span both values.)
+    worse = copy.deepcopy(dec)
+    with torch.no_grad():
+        W = worse.codec_.W_dec  # (m, d)
+        noise = torch.randn(W.shape, generator=torch.Generator().manual_seed(1)) / W.shape[1] ** 0.5  # (m, d)
+        W.add_(W.norm(dim=1, keepdim=True) * noise)
+    both = evaluate_many({"sae": dec, "worse": worse}, tiny, "resid_post.0", n_batches=3, batch_size=4, n_boot=100,
+                         mean_batches=1)
+    assert both["sae"]["fvu"] == pytest.approx(out["fvu"]) and both["sae"]["kl_score"] == pytest.approx(out["kl_score"])
+    assert both["worse"]["ci"]["fvu"][0] > both["sae"]["ci"]["fvu"][1]
+    assert both["worse"]["ci"]["kl_score"][1] < both["sae"]["ci"]["kl_score"][0]
 
 
 def test_evaluate_many_shares_the_baseline_runs_and_matches_one_at_a_time(tiny, tiny_acts):
