@@ -21,7 +21,7 @@ from interplab.metrics import evaluate
 from interplab.store import harvest_rows
 from interplab.subjects import load_subject
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "saelens"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "saelens"  # in the repo: never skipped
 TINY = {"d_model": 16, "seq_len": 32}  # the SAELens fixtures read d_in = 16
 SITE = "resid_post.0"
 FAST = {"train_tokens": 1024, "n_batches": 2, "batch_size": 4, "n_boot": 50, "sae_steps": 60}
@@ -63,8 +63,7 @@ def _same(got: dict, want: dict) -> None:
 
 def _fixture(name: str) -> Path:
     path = FIXTURES / name
-    if not path.is_dir():
-        pytest.skip(f"SAELens fixture {path} not present")
+    assert path.is_dir(), f"SAELens fixture {path} is missing from the repository"
     return path
 
 
