@@ -44,7 +44,9 @@ def mmcs(true: torch.Tensor, learned: torch.Tensor) -> float:
 def fast_settings(name: str) -> list[dict]:
     """Tiny settings that make each method fit in well under a second."""
     if issubclass(D.DECOMPOSITIONS.get(name), SAEDecomposer):
-        return [dict(k=4, width=32, steps=40, batch_size=64)]
+        # the L1-penalised ReLU SAE learns slowly: at 40 steps it still outputs about the mean (FVU 0.999),
+        # at 200 (0.4 s) it is at 0.79, so that the contract's FVU < 1 has a margin for every method
+        return [dict(k=4, width=32, steps=200 if name == "sae-relu" else 40, batch_size=64)]
     extra = {"width": 24, "directions": "unit"} if name == "random" else {}
     return [dict(k=4, sparsify=mode, **extra) for mode in ("rank", "topk")]
 
@@ -68,7 +70,10 @@ def test_contract(name, settings, tmp_path):
     assert codes.dtype == recon.dtype == torch.float32
     out = dec.forward(x)
     assert torch.equal(out.codes, codes) and torch.equal(out.recon, recon)
-    assert torch.isfinite(out.fvu) and float(out.fvu) < 1.5
+    # the reported FVU is the reconstruction's, and every method beats the training mean (FVU 1);
+    # measured here: 0.16 (sae-jumprelu) to 0.85 (random, topk)
+    want = float((x - recon).double().square().sum() / (x - x.mean(0)).double().square().sum())
+    assert float(out.fvu) == pytest.approx(want, rel=1e-4) and want < 1
     if dec.hard_k:
         assert int((codes != 0).sum(1).max()) <= settings["k"]
     assert torch.equal(dec.transform(x.numpy().astype(np.float64)), codes)  # numpy in, same codes
@@ -115,6 +120,18 @@ def test_pca_matches_scikit_learn():
     np.testing.assert_allclose(codes * signs.T, ref.transform(x.numpy()), atol=1e-4)
 
 
+def test_full_rank_is_lossless_and_rank_k_pca_loses_the_discarded_eigenvalues():
+    """At full rank identity, PCA and ICA reconstruct exactly (FVU ~ 0); rank-k PCA's FVU is the share of
+    the variance in the discarded eigenvalues of the sample covariance (numpy's eigvalsh, not the fit)."""
+    _, x = planted(512, m=48, d=16, seed=7)
+    for name in ("identity", "pca", "ica"):
+        assert float(D.create(name).fit(x).forward(x).fvu) < 1e-6, name
+    eig = np.linalg.eigvalsh(np.cov(x.double().numpy().T))[::-1]  # (16,) descending
+    for k in (1, 4, 12):
+        fvu = float(D.create("pca", k=k).fit(x).forward(x).fvu)
+        assert fvu == pytest.approx(eig[k:].sum() / eig.sum(), rel=1e-4), k
+
+
 def test_sign_split_topk_is_a_saelens_topk_sae(tmp_path):
     _, x = planted(400, m=48, d=16, seed=4)
     ranked = D.create("pca", k=3, sparsify="rank").fit(x)
@@ -151,8 +168,13 @@ def test_saelens_fixture(arch, tmp_path):
 
 # --- ground truth ----------------------------------------------------------------------------------
 def test_topk_recovers_a_planted_dictionary():
-    """256 unit features in 64 dims, ~4 active: TopK finds them, random directions and PCA do not."""
-    features, x = planted(65536)
+    """256 unit features in 64 dims, ~4 active: TopK finds them, random directions and PCA do not.
+
+    On held-out rows its FVU must be below 0.25 and below half that of sign-split PCA at the same k. For
+    scale (measured): keeping each row's 4 largest true codes on the true dictionary gives 0.052, the
+    SAE 0.13, PCA TopK-4 0.64, rank-4 PCA 0.87; 0.25 sits between the oracle and the dense bases."""
+    features, rows = planted(65536 + 8192)
+    x, held_out = rows[:65536], rows[65536:]
     start = time.time()
     sae = D.create("sae-topk", k=4, width=512, steps=600, batch_size=1024).fit(x)
     seconds = time.time() - start
@@ -164,6 +186,9 @@ def test_topk_recovers_a_planted_dictionary():
           f"  (sae fit {seconds:.1f} s)")
     assert scores["sae-topk"] >= 0.95
     assert scores["random"] < 0.6 and scores["pca"] < 0.6
+    fvu_sae, fvu_pca = float(sae.forward(held_out).fvu), float(pca.forward(held_out).fvu)
+    print(f"held-out FVU sae-topk {fvu_sae:.3f}  pca-topk {fvu_pca:.3f}")
+    assert fvu_sae < 0.25 and fvu_sae < fvu_pca / 2
 
 
 def test_topk_decoder_rows_stay_unit_norm():
