@@ -15,7 +15,7 @@ from interplab.errors import UserError
 from interplab.estimate.basis import BasisDamage, basis_damage, independent_codes, rest_out
 from interplab.experiments import load_result, run_experiment
 from interplab.experiments.estimators import EstimatorsConfig, EstimatorsExperiment, rare_network
-from interplab.experiments.estimators_nets import methods, paired_network
+from interplab.experiments.estimators_nets import linear_network, methods, paired_network
 from interplab.experiments.estimators_score import (
     Truth,
     advantage,
@@ -275,3 +275,53 @@ def test_round1_statistic_ranks_and_scores_on_separate_repeats() -> None:
     assert (best, second) == ("a", "b")
     assert ev.statistic == pytest.approx(-0.5)  # scored on repeats 3..8 only
     assert ev.n_units == 6
+
+
+def test_network_evidence_reads_supported_not_supported_and_inconclusive() -> None:
+    """The est-mlp statistic through `judge`, on every path: exact networks (linear) read supported, networks
+    every estimator loses on (paired) read not supported, and half of each reads inconclusive (the t
+    interval over networks spans 0), with each network's value on its own side."""
+    from interplab.verdicts import judge
+
+    cfg = EstimatorsConfig(truth_log2=10, truth_chunks=8, networks=4, ranking_networks=1, mc_log2=[4], order=1)
+    makers = {"linear": lambda s: linear_network(8, 4, s), "paired": lambda s: paired_network(8, s),
+              "mixed": lambda s: linear_network(8, 4, s) if s % 2 == 0 else paired_network(8, s)}
+    verdicts = {}
+    for name, make in makers.items():
+        ev, _, _ = network_evidence(make, 8, cfg)
+        verdicts[name] = judge("est-mlp", ev, f"test {name}").verdict
+        if name == "mixed":
+            signs = np.sign(ev.extra["per_fit"])
+            assert signs.tolist() == [1, -1, 1, -1]  # seeds 0, 2 linear; 1, 3 paired
+            assert ev.ci[0] < 0 < ev.ci[1]
+    assert verdicts == {"linear": "supported", "paired": "not supported", "mixed": "inconclusive"}
+
+
+def test_delta_loss_and_mean_error_on_a_hand_case() -> None:
+    """x = (s, s), s ~ N(0, 1); the rest of the network is out = h1 + h2 with loss E(out - 2s - 1)^2 (clean: 1).
+    Independent codes in the neuron basis give out' = s1 + s2 (two permuted copies of s, unrelated to the
+    row's target): delta_loss = 1 + 1 + 4 = 6. In the true basis (1, 1)/sqrt 2 the one code is permuted:
+    out' = 2 s': delta_loss = 4 + 4 = 8. A basis that reconstructs nothing (its error permuted per neuron
+    coordinate) scores as the neurons, 6, and its reconstruction alone (out = 0) costs E(2s + 1)^2 - 1 = 4. The
+    rest is linear and every permutation keeps column means, so no basis moves the output mean: mean_error
+    is 0 in each (up to rounding). SE of each delta_loss here is about 0.05; tolerance 0.25."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(40_000, 1, generator=g, dtype=torch.float64)
+    x = torch.cat([s, s], 1)  # (n, 2)
+    target = 2 * s[:, 0] + 1
+
+    def rest(h: torch.Tensor) -> object:
+        out = h.double().sum(1, keepdim=True)  # (n, 1)
+        return rest_out(out, float((out[:, 0] - target).square().mean()))
+
+    R = torch.tensor([[1.0, 1.0], [1.0, -1.0]]) / math.sqrt(2)
+    damage = basis_damage(rest, x, {"true": _Rotation(R), "neurons": _Rotation(torch.eye(2)), "nothing": _Nothing()},
+                          repeats=4)
+    assert damage["neurons"].delta_loss == pytest.approx(6.0, abs=0.25)
+    assert damage["true"].delta_loss == pytest.approx(8.0, abs=0.25)
+    assert damage["nothing"].delta_loss == pytest.approx(6.0, abs=0.25)
+    assert damage["true"].recon_delta_loss == pytest.approx(0.0, abs=1e-9)
+    assert damage["nothing"].recon_delta_loss == pytest.approx(4.0, abs=0.25)
+    for d in damage.values():
+        assert d.clean_loss == pytest.approx(1.0, abs=1e-12) and d.mean_error < 1e-10
+        assert len(d.per_repeat_delta_loss) == 4 and np.mean(d.per_repeat_delta_loss) == pytest.approx(d.delta_loss)
