@@ -270,7 +270,8 @@ def test_description_length_bit_count_of_a_hand_case():
     want["bits_per_token"] = want["bits_index"] + want["bits_values"] + want["bits_residual"]
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-5), key
-    assert got["bits_values"] == pytest.approx(9.6910, abs=1e-3) and got["bits_residual"] == pytest.approx(2.5471, abs=1e-3)
+    assert got["bits_values"] == pytest.approx(9.6910, abs=1e-3)
+    assert got["bits_residual"] == pytest.approx(2.5471, abs=1e-3)
 
 
 def test_dictionary_bits_count_a_sign_split_direction_once():

@@ -54,7 +54,8 @@ def test_closed_form_threshold_is_where_the_candidate_losses_cross():
 
     for r in (0.1, 0.5, 1.0, 2.0, 10.0):
         crossing = brentq(gap, 0.02, 0.99, args=(r,), xtol=1e-10)
-        assert float(sp.closed_form_threshold(np.array([r]))[0]) == pytest.approx(crossing, abs=5e-4), r  # quadrature: 7e-5
+        got = float(sp.closed_form_threshold(np.array([r]))[0])
+        assert got == pytest.approx(crossing, abs=5e-4), r  # quadrature error: 7e-5
 
 
 def test_closed_form_phases_are_the_global_optimum_away_from_the_boundary():
