@@ -37,6 +37,16 @@ def naive_from_argmax(top: torch.Tensor, target: int) -> float:
     return float((top == target).double().mean())
 
 
+ITGIS_TEMPERATURE = 0.1
+"""ITGIS's T: best of 0.05-2 x {logit, log-prob} x {decay 0.9, running mean} on the tuning distributions
+(bench/lpe_tune.py; docs/lpe.md), never on a scored one. The published code's default was 1."""
+ITGIS_SCORE = "logit"
+"""ITGIS's score, from the same sweep (as published)."""
+ITGIS_DECAY = 0.9
+"""ITGIS's gradient average, from the same sweep (as published)."""
+MHIS_TEMPERATURE = 0.5
+"""MHIS's T, from the same sweep (0.1-5)."""
+
 SCORES = ("logit", "logprob")
 """What the importance samplers climb: the target's logit (Wu & Hilton) or its log-probability
 (log-softmax: the target logit minus the log-sum-exp of all logits, so raising every logit together
@@ -53,8 +63,9 @@ def _target_grad(model: nn.Module, ids: torch.Tensor, target: int, score: str = 
     return s.detach().double(), (logits.detach().argmax(-1) == target), grad.double()
 
 
-def itgis_trace(problem: Problem, budget: int, seed: int, temperature: float = 1.0, batch: int = 64,
-                score: str = "logit", decay: float = 0.9, probe: Callable[[dict], None] | None = None) -> Trace:
+def itgis_trace(problem: Problem, budget: int, seed: int, temperature: float = ITGIS_TEMPERATURE, batch: int = 64,
+                score: str = ITGIS_SCORE, decay: float = ITGIS_DECAY,
+                probe: Callable[[dict], None] | None = None) -> Trace:
     """Independent token gradient importance sampling (exact and unbiased; see module lpe.md).
 
     Proposal q_pos(x) ∝ p_pos(x) exp(score[pos, x] / T_i), independent across positions, fixed before
@@ -101,7 +112,8 @@ def _propose(p_row: torch.Tensor, g_row: torch.Tensor, T: float, gen: torch.Gene
 
 
 def mhis_trace(
-    problem: Problem, budget: int, seed: int, temperature: float = 0.5, chains: int = 16, burn_in: float = 0.25,
+    problem: Problem, budget: int, seed: int, temperature: float = MHIS_TEMPERATURE, chains: int = 16,
+    burn_in: float = 0.25,
     score: str = "logit", probe: Callable[[dict], None] | None = None,
 ) -> Trace:
     """Metropolis–Hastings importance sampling: consistent, not unbiased (self-normalised).
