@@ -190,21 +190,32 @@ def test_gaussian_argmax_integration_matches_plain_sampling():
 
 
 def test_propagate_method_on_tiny_model(tmp_cache, quiet_single_thread):
-    from interplab.lpe.propagate import propagate_all
+    """The rules compose correctly: the propagated Gaussian of the unembedding input has the exact mean
+    (within 0.25 sd per unit) and sd (within 25%, median) of the enumerated inputs; its argmax events
+    partition the space; the registry method returns the per-target estimate and its cost. (The event
+    probabilities themselves are off by decades on rare targets: docs/lpe.md, bench/lpe_propagate.py.)"""
+    from interplab.lpe.groundtruth import _chunks
+    from interplab.lpe.propagate import final_state, propagate_all
 
     model = tiny_model(4, n_layers=2)
     dists = skewed_dists(4, 6, 0.6)
+    state = final_state(model, dists)
+    H, w = [], []
+    with torch.no_grad():
+        for ids, lp in _chunks(dists, 4096):
+            H.append(model.body(model.embed(ids))[:, -1].double())  # (b, d)
+            w.append(lp.exp())
+    H, w = torch.cat(H), torch.cat(w)
+    mu = (w[:, None] * H).sum(0)  # (d,) exact
+    sd = (w[:, None] * (H - mu) ** 2).sum(0).sqrt()  # (d,) exact
+    assert float(((state.mean[-1] - mu).abs() / sd).max()) < 0.25
+    assert abs(float((state.cov[-1].diagonal().sqrt() / sd).median()) - 1) < 0.25
     probs, cost = propagate_all(model, dists, n=1024)
-    assert abs(probs.sum() - 1) < 0.1  # the argmax events partition the space
-    assert np.all((probs >= 0) & (probs <= 1)) and cost > 0
-    exact = event_probs(model, dists).numpy()
-    top = int(exact.argmax())
-    assert probs[top] > 0.3 * exact[top]  # the common output is found
+    assert abs(probs.sum() - 1) < 0.1 and cost > 0  # the argmax events partition the space
+    top = int(event_probs(model, dists).argmax())
     est = estimate(Problem(model, dists, top), "propagate", budget=10**6, seed=0)
     alone, cost_alone = propagate_all(model, dists, [top])
     assert est.probability == pytest.approx(alone[top]) and est.cost == cost_alone
-
-
 
 
 # --- planted problems: exact truth by construction --------------------------------------------------
