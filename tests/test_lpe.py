@@ -356,6 +356,21 @@ def test_calibration_of_a_group_never_sees_that_group():
     assert len({round(r["q_fitted"], 20) for r in naive}) == 1 and naive[0]["q_fitted"] > 1e-9
 
 
+def test_log_statistic_bounds_one_targets_weight():
+    from interplab.experiments.lpe_scoring import pairwise_evidence
+
+    rows = []
+    for g in range(6):
+        for t in range(4):  # 'a' beats 'b' on every target by a little, except one target where 'a' blunders
+            la, lb = (30.0 if (g, t) == (0, 0) else 0.1), 1.0
+            rows += [{"group": f"g{g}", "target": t, "method": m, "budget": 8, "is_loss": v, "is_loss_fitted": v}
+                     for m, v in (("a", la), ("b", lb))]
+    plain, logged = (pairwise_evidence(rows, "a", "b", 8, transform=f) for f in ("loss", "log1p"))
+    assert plain.ci[0] < 0 < plain.ci[1]  # one target's loss of 30 outweighs 23 small wins: the CI straddles 0
+    assert logged.ci[0] > 0  # log(1 + loss) keeps the 23 wins visible
+    assert logged.extra["wins"] == plain.extra["wins"] == 23
+
+
 def test_pairwise_evidence_resamples_groups_and_reads_the_sign():
     from interplab.experiments.lpe_scoring import calibrate, pairwise_evidence, score
 
@@ -382,7 +397,7 @@ def test_controls_read_as_designed_through_the_pipeline(tmp_cache, quiet_single_
 
     cfg = LPEConfig(**LPE.small)
     controls = control_evidence(cfg, 6)
-    assert set(controls) == {"lpe-is-vs-ae", "lpe-is-vs-naive", "lpe-ae-vs-naive"}
+    assert set(controls) == {f"lpe-{c}{s}" for c in ("is-vs-ae", "is-vs-naive", "ae-vs-naive") for s in ("", "-log")}
     for crux, ev in controls.items():
         assert decide(ev["positive"].ci, 0.0) == "supported", (crux, ev["positive"])
         assert decide(ev["negative"].ci, 0.0) != "supported", (crux, ev["negative"])
@@ -403,8 +418,10 @@ def test_experiment_end_to_end_on_tiny_settings(tmp_path, tmp_cache, text_folder
     cell = data["metrics"]["1L"]["itgis"]["1024"]
     assert {"is_loss", "log_se", "is_loss_fitted", "log_se_fitted", "floored"} <= set(cell)
     assert all(p * 1024 < 1 for *_, p in data["tables"]["targets"]["rows"])  # below the floor throughout
-    assert {v["crux"] for v in data["verdicts"]} <= {"lpe-is-vs-ae", "lpe-is-vs-naive", "lpe-ae-vs-naive"}
-    assert all(v["status"] == "uncalibrated" for v in data["verdicts"])  # controls off: nothing counts
+    ids = {f"lpe-{c}{s}" for c in ("is-vs-ae", "is-vs-naive", "ae-vs-naive") for s in ("", "-log")}
+    assert {v["crux"] for v in data["verdicts"]} == ids
+    for v in data["verdicts"]:  # controls off: nothing counts; the superseded definitions are shown as such
+        assert v["status"] == ("uncalibrated" if v["crux"].endswith("-log") else "superseded")
     assert (tmp_path / "figures" / "scatter.png").is_file()
 
 

@@ -167,8 +167,9 @@ class LPE(Experiment):
         for crux, ev in crux_evidence(scored, cfg).items():
             x = ev.extra
             ctl = controls.get(crux, {})
-            note = (f"{x['loser']} fitted IS loss minus {x['winner']}'s at budget {x['budget']}, mean over "
-                    f"{x['targets']} targets in {x['groups']} groups (> 0 favours {x['winner']}); raw (unfitted) "
+            what = "log(1 + fitted IS loss)" if x["transform"] == "log1p" else "fitted IS loss"
+            note = (f"{x['loser']} {what} minus {x['winner']}'s at budget {x['budget']}, mean over "
+                    f"{x['targets']} targets in {x['groups']} groups (> 0 favours {x['winner']}); raw (unfitted) IS loss "
                     f"difference {x['raw_difference']:.3g}; {x['winner']} has the lower fitted loss on {x['wins']} "
                     f"of {x['targets']} targets. Controls: planted '{CONTROLS[crux][0]}' (positive) and "
                     f"'{CONTROLS[crux][1]}' (negative) groups through the same pipeline.")

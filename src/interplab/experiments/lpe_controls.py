@@ -30,6 +30,7 @@ from interplab.lpe.planted import planted_groups
 from interplab.verdicts import Evidence, cached_evidence
 
 CONTROLS = {"lpe-is-vs-ae": ("key", "phase"), "lpe-is-vs-naive": ("key", "phase"), "lpe-ae-vs-naive": ("cone", "phase")}
+CONTROLS |= {f"{crux}-log": roles for crux, roles in CONTROLS.items()}
 """crux -> (positive family, negative family)."""
 SETTINGS = ("budgets", "floor", "itgis_temperature", "itgis_score", "itgis_decay", "mhis_temperature",
             "mhis_chains", "is_representative", "extrapolation_representative", "seed")

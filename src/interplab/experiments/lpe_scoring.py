@@ -89,16 +89,21 @@ def _by_target(scored: list[dict], method: str, budget: int, key: str) -> dict[t
     return {(r["group"], r["target"]): r[key] for r in scored if r["method"] == method and r["budget"] == budget}
 
 
-def pairwise_evidence(scored: list[dict], winner: str, loser: str, budget: int, seed: int = 0) -> Evidence:
-    """Mean over targets of fitted IS loss(loser) - fitted IS loss(winner) at `budget` (> 0 favours the
-    winner), with a percentile bootstrap that resamples whole (model, distribution) groups."""
-    w, lo = _by_target(scored, winner, budget, "is_loss_fitted"), _by_target(scored, loser, budget, "is_loss_fitted")
+def pairwise_evidence(scored: list[dict], winner: str, loser: str, budget: int, seed: int = 0,
+                      transform: str = "loss") -> Evidence:
+    """Mean over targets of f(fitted IS loss(loser)) - f(fitted IS loss(winner)) at `budget` (> 0 favours
+    the winner), f the identity ("loss") or log(1 + .) ("log1p"), with a percentile bootstrap that
+    resamples whole (model, distribution) groups."""
+    f = np.log1p if transform == "log1p" else (lambda v: v)
+    w = {k: float(f(v)) for k, v in _by_target(scored, winner, budget, "is_loss_fitted").items()}
+    lo = {k: float(f(v)) for k, v in _by_target(scored, loser, budget, "is_loss_fitted").items()}
     wr, lr = _by_target(scored, winner, budget, "is_loss"), _by_target(scored, loser, budget, "is_loss")
     keys = sorted(set(w) & set(lo), key=str)
     groups = list(dict.fromkeys(k[0] for k in keys))
     units = np.array([[sum(lo[k] - w[k] for k in keys if k[0] == g), sum(k[0] == g for k in keys)]
                       for g in groups]).reshape(-1, 2)  # (G, 2): per group the sum of differences, targets
-    extra = {"winner": winner, "loser": loser, "budget": budget, "targets": len(keys), "groups": len(groups),
+    extra = {"winner": winner, "loser": loser, "budget": budget, "transform": transform, "targets": len(keys),
+             "groups": len(groups),
              "wins": int(sum(lo[k] > w[k] for k in keys)),
              "raw_difference": float(np.mean([lr[k] - wr[k] for k in keys])) if keys else math.nan,
              "per_group": [float(u[0] / u[1]) for u in units]}
