@@ -410,7 +410,7 @@ def test_experiment_end_to_end_on_tiny_settings(tmp_path, tmp_cache, text_folder
     from interplab.experiments import run_experiment
 
     overrides = {"layers": [1], "distributions": ["capitals", "hex", "mixed"], "positions": 3,
-                 "budgets": [256, 1024], "train_steps": 20, "max_targets": 3, "controls": False,
+                 "budgets": [256, 1024], "train_steps": 20, "max_targets": 3, "controls": True,
                  "text": str(text_folder)}
     run_experiment("lpe", overrides, tmp_path, scale="default")
     data = json.loads((tmp_path / "results.json").read_text())
@@ -420,7 +420,8 @@ def test_experiment_end_to_end_on_tiny_settings(tmp_path, tmp_cache, text_folder
     assert all(p * 1024 < 1 for *_, p in data["tables"]["targets"]["rows"])  # below the floor throughout
     ids = {f"lpe-{c}{s}" for c in ("is-vs-ae", "is-vs-naive", "ae-vs-naive") for s in ("", "-log")}
     assert {v["crux"] for v in data["verdicts"]} == ids
-    for v in data["verdicts"]:  # controls off: nothing counts; the superseded definitions are shown as such
+    assert data["metrics"]["controls"] == {}  # 3 groups < MIN_GROUPS: the controls are not run, so nothing counts
+    for v in data["verdicts"]:  # the superseded definitions are shown as such
         assert v["status"] == ("uncalibrated" if v["crux"].endswith("-log") else "superseded")
     assert (tmp_path / "figures" / "scatter.png").is_file()
 

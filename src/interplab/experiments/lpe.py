@@ -31,6 +31,11 @@ from interplab.runtime import single_thread
 from interplab.verdicts import Verdict, judge
 
 
+MIN_GROUPS = 6
+"""Fewer (model, distribution) groups than this and the controls are not run, so no verdict is counted:
+a cluster bootstrap over 2-5 units gives CIs too ragged to calibrate (the crux's unit says at least 6)."""
+
+
 class LPEConfig(Config):
     """Settings of the low-probability-estimation experiment."""
 
@@ -149,7 +154,10 @@ class LPE(Experiment):
         with single_thread():
             groups, subjects = chartf_groups(cfg)
             scored, over = pipeline(groups, cfg, set(cfg.methods))
-            controls = control_evidence(cfg, max(6, len(groups))) if cfg.controls else {}
+            calibratable = cfg.controls and len(groups) >= MIN_GROUPS
+            if cfg.controls and not calibratable:
+                ui.info(f"lpe: {len(groups)} groups < {MIN_GROUPS}: controls not run, no verdict is counted")
+            controls = control_evidence(cfg, len(groups)) if calibratable else {}
         metrics = metrics_of(scored, over, cfg, subjects)
         metrics["controls"] = {c: {role: ev.to_dict() for role, ev in d.items()} for c, d in controls.items()}
         vs = self.verdicts(scored, groups, controls, cfg)
