@@ -17,7 +17,7 @@ from typing import NamedTuple
 from interplab.errors import UserError
 from interplab.lpe import extrapolate, methods
 from interplab.lpe.groundtruth import event_probs, ground_truth, pick_targets
-from interplab.lpe.problem import DISTRIBUTIONS, Problem, distribution
+from interplab.lpe.problem import DISTRIBUTIONS, TUNING, Problem, distribution
 from interplab.registry import Registry
 
 
@@ -99,6 +99,7 @@ def estimate(problem: Problem, method: str, budget: int, seed: int = 0) -> Estim
 
 __all__ = [
     "DISTRIBUTIONS",
+    "TUNING",
     "METHODS",
     "Estimate",
     "Problem",

@@ -34,32 +34,60 @@ def _support(dists: torch.Tensor) -> list[torch.Tensor]:
     return [torch.nonzero(row > 0).flatten() for row in dists]
 
 
-@single_thread()
-@torch.no_grad()
-def enumerate_event_probs(model: nn.Module, dists: torch.Tensor, batch: int = 8192) -> torch.Tensor:
-    """P[argmax = t] for every t: (V,) float64, by enumerating the support of D in mixed radix."""
+def _chunks(dists: torch.Tensor, batch: int):
+    """Every input of the support of D in mixed radix (last position fastest), in chunks:
+    (ids (b, L), log p (b,) float64)."""
     support = _support(dists)
     sizes = [len(s) for s in support]
     total = math.prod(sizes)
     if total > MAX_INPUTS:
         raise UserError(f"{total} inputs is more than the 2^24 that exact enumeration allows")
-    V = dists.shape[1]
-    probs = torch.zeros(V, dtype=torch.float64)  # (V,)
     logp = [dists[i, s].log() for i, s in enumerate(support)]
+    for start in range(0, total, batch):
+        idx = torch.arange(start, min(start + batch, total))  # (b,)
+        cols, lp = [], torch.zeros(len(idx), dtype=torch.float64)
+        for pos in reversed(range(len(sizes))):  # last position varies fastest
+            digit = idx % sizes[pos]
+            idx = idx // sizes[pos]
+            cols.append(support[pos][digit])
+            lp += logp[pos][digit]
+        yield torch.stack(cols[::-1], dim=1), lp  # (b, L), (b,)
+
+
+@single_thread()
+@torch.no_grad()
+def enumerate_event_probs(model: nn.Module, dists: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+    """P[argmax = t] for every t: (V,) float64, by enumerating the support of D in mixed radix."""
+    probs = torch.zeros(dists.shape[1], dtype=torch.float64)  # (V,)
+    total = math.prod(int((row > 0).sum()) for row in dists)
     with ui.progress("exact ground truth", total) as advance:
-        for start in range(0, total, batch):
-            idx = torch.arange(start, min(start + batch, total))  # (b,)
-            cols, lp = [], torch.zeros(len(idx), dtype=torch.float64)
-            for pos in reversed(range(len(sizes))):  # last position varies fastest
-                digit = idx % sizes[pos]
-                idx = idx // sizes[pos]
-                cols.append(support[pos][digit])
-                lp += logp[pos][digit]
-            ids = torch.stack(cols[::-1], dim=1)  # (b, L)
+        for ids, lp in _chunks(dists, batch):
             top = last_logits(model, ids).argmax(-1)  # (b,)
             probs.index_add_(0, top, lp.exp())
             advance(len(top))
     return probs
+
+
+@single_thread()
+@torch.no_grad()
+def event_inputs(model: nn.Module, dists: torch.Tensor, targets: list[int],
+                 batch: int = 8192) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """For each target, every input whose argmax it is: {t: (ids (k, L), log p (k,))}, by enumeration.
+
+    With these, the exact hit probability sum_E q(x) and the exact variance of one importance
+    sample, sum_E p(x)^2 / q(x) / P^2 - 1, of any proposal q are cheap sums (diagnostics).
+    """
+    found: dict[int, list] = {t: [] for t in targets}
+    for ids, lp in _chunks(dists, batch):
+        top = last_logits(model, ids).argmax(-1)  # (b,)
+        for t in targets:
+            keep = top == t
+            if keep.any():
+                found[t].append((ids[keep], lp[keep]))
+    L = dists.shape[0]
+    return {t: (torch.cat([a for a, _ in rows]) if rows else torch.zeros(0, L, dtype=torch.long),
+                torch.cat([b for _, b in rows]) if rows else torch.zeros(0, dtype=torch.float64))
+            for t, rows in found.items()}
 
 
 def _key(model: nn.Module, dists: torch.Tensor) -> dict:

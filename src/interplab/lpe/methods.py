@@ -9,6 +9,7 @@ after every batch, so one run at the largest budget also gives the estimate at e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -36,44 +37,71 @@ def naive_from_argmax(top: torch.Tensor, target: int) -> float:
     return float((top == target).double().mean())
 
 
-def _target_grad(model: nn.Module, ids: torch.Tensor, target: int) -> tuple[torch.Tensor, ...]:
-    """Target logit s (b,), indicator argmax == target (b,), d s / d one-hot (b, L, V): cost 3 per row."""
+ITGIS_TEMPERATURE = 0.1
+"""ITGIS's T: best of 0.05-2 x {logit, log-prob} x {decay 0.9, running mean} on the tuning distributions
+(bench/lpe_tune.py; docs/lpe.md), never on a scored one. The published code's default was 1."""
+ITGIS_SCORE = "logit"
+"""ITGIS's score, from the same sweep (as published)."""
+ITGIS_DECAY = 0.9
+"""ITGIS's gradient average, from the same sweep (as published)."""
+MHIS_TEMPERATURE = 0.5
+"""MHIS's T, from the same sweep (0.1-5)."""
+
+SCORES = ("logit", "logprob")
+"""What the importance samplers climb: the target's logit (Wu & Hilton) or its log-probability
+(log-softmax: the target logit minus the log-sum-exp of all logits, so raising every logit together
+gains nothing). Chosen on the tuning distribution, never on a scored one (see docs/lpe.md)."""
+
+
+def _target_grad(model: nn.Module, ids: torch.Tensor, target: int, score: str = "logit") -> tuple[torch.Tensor, ...]:
+    """Score s (b,), indicator argmax == target (b,), d s / d one-hot (b, L, V): cost 3 per row."""
     onehot = torch.nn.functional.one_hot(ids, model.vocab_size).float().requires_grad_(True)  # (b, L, V)
     with torch.enable_grad():
         logits = model.forward_onehot(onehot)[:, -1]  # (b, V)
-        s = logits[:, target]  # (b,)
+        s = logits[:, target] if score == "logit" else torch.log_softmax(logits, -1)[:, target]  # (b,)
         (grad,) = torch.autograd.grad(s.sum(), onehot)  # (b, L, V)
     return s.detach().double(), (logits.detach().argmax(-1) == target), grad.double()
 
 
-def itgis_trace(problem: Problem, budget: int, seed: int, temperature: float = 1.0, batch: int = 64) -> Trace:
+def itgis_trace(problem: Problem, budget: int, seed: int, temperature: float = ITGIS_TEMPERATURE, batch: int = 64,
+                score: str = ITGIS_SCORE, decay: float = ITGIS_DECAY,
+                probe: Callable[[dict], None] | None = None) -> Trace:
     """Independent token gradient importance sampling (exact and unbiased; see module lpe.md).
 
     Proposal q_pos(x) ∝ p_pos(x) exp(score[pos, x] / T_i), independent across positions, fixed before
-    each batch is drawn; scores <- 0.9 scores + batch-mean gradient of the target logit w.r.t. the
-    one-hot input. T_i = T (1 - 0.9^i) / (1 - 0.9) for batch i > 0 and T_0 = 1, so the normalisation
-    matches the growing sum of decayed gradients. Each sample's term weight * 1[event] has mean P.
+    each batch is drawn; scores <- decay * scores + batch-mean gradient of the score (target logit or
+    log-probability) w.r.t. the one-hot input. T_i = T (1 - decay^i) / (1 - decay) for batch i > 0
+    (T i when decay = 1: a running mean) and T_0 = 1, so scores / T_i is a weighted mean gradient / T.
+    Each sample's term weight * 1[event] has mean P. `probe(stats)` sees every batch (diagnostics).
     """
     gen = torch.Generator().manual_seed(seed)
     p = problem.dists.double()  # (L, V)
     logp = p.log()  # (L, V) -inf off the support
     scores = torch.zeros_like(p)  # (L, V)
+    pos = torch.arange(p.shape[0])
     total, n, cost, costs, ests = 0.0, 0, 0, [], []
     i = 0
     while cost + 3 * batch <= budget or (i == 0 and budget >= 3):
         b = min(batch, (budget - cost) // 3)
-        T = 1.0 if i == 0 else temperature * (1 - 0.9**i) / (1 - 0.9)
+        T = 1.0 if i == 0 else temperature * _decayed_count(decay, i)
         logq = torch.log_softmax(logp + scores / T, dim=-1)  # (L, V)
         ids = torch.multinomial(logq.exp().float(), b, replacement=True, generator=gen).T  # (b, L)
-        _, hit, grad = _target_grad(problem.model, ids, problem.target)
-        pos = torch.arange(p.shape[0])
+        s, hit, grad = _target_grad(problem.model, ids, problem.target, score)
         logw = (logp[pos, ids] - logq[pos, ids]).sum(-1)  # (b,) log p(x) / q(x)
         total += float((logw.exp() * hit).sum())
         n, cost, i = n + b, cost + 3 * b, i + 1
         costs.append(cost)
-        ests.append(min(1.0, total / n))  # clipping at 1 only matters when the estimate is absurd
-        scores = 0.9 * scores + grad.mean(0)  # (L, V)
+        ests.append(total / n)
+        if probe is not None:
+            probe({"batch": i - 1, "logq": logq, "logp": logp, "ids": ids, "logw": logw, "hit": hit, "score": s,
+                   "tilt": scores / T, "estimate": total / n, "cost": cost})
+        scores = decay * scores + grad.mean(0)  # (L, V)
     return Trace(np.array(costs, dtype=float), np.array(ests))
+
+
+def _decayed_count(decay: float, i: int) -> float:
+    """sum_{k<i} decay^k: the total weight of the decayed sum of i batch gradients."""
+    return float(i) if decay == 1.0 else (1 - decay**i) / (1 - decay)
 
 
 def _propose(p_row: torch.Tensor, g_row: torch.Tensor, T: float, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -84,7 +112,9 @@ def _propose(p_row: torch.Tensor, g_row: torch.Tensor, T: float, gen: torch.Gene
 
 
 def mhis_trace(
-    problem: Problem, budget: int, seed: int, temperature: float = 0.5, chains: int = 16, burn_in: float = 0.25
+    problem: Problem, budget: int, seed: int, temperature: float = MHIS_TEMPERATURE, chains: int = 16,
+    burn_in: float = 0.25,
+    score: str = "logit", probe: Callable[[dict], None] | None = None,
 ) -> Trace:
     """Metropolis–Hastings importance sampling: consistent, not unbiased (self-normalised).
 
@@ -93,12 +123,13 @@ def mhis_trace(
     the reverse move uses the gradient at the proposed point. The estimate over the kept states
     (the first `burn_in` fraction of each prefix is discarded) is
     sum 1[event] exp(-s/T) / sum exp(-s/T). Every step evaluates C proposals with forward + backward.
+    `score` as in `itgis_trace`; `probe(stats)` sees every step (diagnostics).
     """
     gen = torch.Generator().manual_seed(seed)
     model, p, t, T = problem.model, problem.dists.double(), problem.target, temperature
     C = max(1, min(chains, budget // 6))
     x = problem.sample(C, gen)  # (C, L)
-    s, hit, g = _target_grad(model, x, t)
+    s, hit, g = _target_grad(model, x, t, score)
     cost, rows_s, rows_hit = 3 * C, [], []
     arange = torch.arange(C)
     while cost + 3 * C <= budget:
@@ -106,7 +137,7 @@ def mhis_trace(
         y, logq_fwd = _propose(p[i], g[arange, i], T, gen)
         x_new = x.clone()
         x_new[arange, i] = y
-        s_new, hit_new, g_new = _target_grad(model, x_new, t)
+        s_new, hit_new, g_new = _target_grad(model, x_new, t, score)
         logq_rev = torch.log_softmax(p[i].log() + g_new[arange, i] / T, dim=-1)  # (C, V)
         log_ratio = (p[i, y].log() - p[i, x[arange, i]].log() + (s_new - s) / T
                      + logq_rev[arange, x[arange, i]] - logq_fwd[arange, y])  # (C,)
@@ -117,6 +148,8 @@ def mhis_trace(
         cost += 3 * C
         rows_s.append(s.clone())
         rows_hit.append(hit.clone())
+        if probe is not None:
+            probe({"step": len(rows_s) - 1, "accept": accept, "hit": hit, "score": s, "cost": cost})
     return _mhis_prefixes(rows_s, rows_hit, T, C, burn_in)
 
 

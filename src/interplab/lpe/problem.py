@@ -68,14 +68,23 @@ def _vowel_heavy() -> torch.Tensor:
     return row
 
 
-# name -> (what it is, per-position row). Skewed rows give events far rarer than 1 / support size.
+# name -> (what it is, per-position row). Skewed rows give events far rarer than 1 / support size:
+# a decay of 0.65-0.8 over 12-16 symbols puts targets from 1e-9 to 1e-4 at 4-5 positions.
 DISTRIBUTIONS: dict[str, tuple[str, Callable[[], torch.Tensor]]] = {
+    "hex": ("hexadecimal digits 0-9a-f, weight 0.7^rank", lambda: _weights("0123456789abcdef", 0.7)),
+    "capitals": ("16 capitals, weight 0.65^rank", lambda: _weights("TSAICMPBDFRNEHLW", 0.65)),
+    "mixed": ("16 letters, capitals, digits, '.' and space, weight 0.75^rank", lambda: _weights("eta oinsTAhr0.d1", 0.75)),
+    "camel": ("8 lower-case and 8 capital letters alternating, weight 0.8^rank", lambda: _weights("eTaSoAiInCsMhPrB", 0.8)),
+    "upper": ("the 16 most common letters as capitals, weight 0.8^rank", lambda: _weights("ETAOINSHRDLCUMWF", 0.8)),
+    "digits_punct": ("digits, '.' and space, weight 0.65^rank", lambda: _weights("0123456789. ", 0.65)),
     "letters": ("uniform over 12 lower-case letters a-l", lambda: _weights("abcdefghijkl", 1.0)),
-    "lower": ("12 common lower-case letters, weight 0.7^rank", lambda: _weights("etaoinshrdlc", 0.7)),
-    "digits_punct": ("digits, '.' and space, weight 0.8^rank", lambda: _weights("0123456789. ", 0.8)),
     "vowel_heavy": ("80% vowels aeiou, 20% consonants tnsrhld", _vowel_heavy),
-    "capitals": ("16 capitals, weight 0.8^rank", lambda: _weights("TSAICMPBDFRNEHLW", 0.8)),
+    "lower": ("12 common lower-case letters, weight 0.7^rank (tuning only)", lambda: _weights("etaoinshrdlc", 0.7)),
+    "tune_mix": ("16 letters, capitals, '.', '1' and space, weight 0.72^rank (tuning only)",
+                 lambda: _weights("aeio nrstlATS.1h", 0.72)),
 }
+TUNING = ("lower", "tune_mix")
+"""Distributions on which the samplers' settings were chosen (bench/lpe_tune.py): never scored."""
 
 
 def distribution(name: str, positions: int) -> torch.Tensor:

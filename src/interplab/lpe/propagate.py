@@ -48,18 +48,33 @@ def _block_rules(state, block: nn.Module):
     return rules.residual(state, mlp)
 
 
-@torch.no_grad()
-def final_state(model: nn.Module, dists: torch.Tensor, full: bool = True):
-    """Gaussian over the unembedding input at every position: interplab.estimate.Gaussian, mean (L, d);
-    `full` tracks each position's covariance (L, d, d), else only variances (mean field)."""
-    from interplab.estimate import embedding, rules
+def residual_states(model: nn.Module, dists: torch.Tensor, full: bool = True) -> list:
+    """The Gaussian residual stream after the embedding and after every block (len n_layers + 1):
+    interplab.estimate.Gaussian, mean (L, d), covariance (L, d, d) when `full`, else variances.
+    Differentiable in `dists` (no torch.no_grad here), for proposals built from it."""
+    from interplab.estimate import embedding
 
     L = dists.shape[0]
     state = embedding(dists.double(), model.wte.weight.detach().double(), model.wpe.weight.detach()[:L].double(),
                       full=full)
+    states = [state]
     for block in model.h:
-        state = _block_rules(state, block)
+        states.append(_block_rules(states[-1], block))
+    return states
+
+
+def lens(model: nn.Module, state):
+    """The final LayerNorm's rule applied to a residual state (the unembedding input, as a logit lens)."""
+    from interplab.estimate import rules
+
     return rules.layernorm(state, model.ln_f.weight.detach(), model.ln_f.bias.detach(), model.ln_f.eps)
+
+
+@torch.no_grad()
+def final_state(model: nn.Module, dists: torch.Tensor, full: bool = True):
+    """Gaussian over the unembedding input at every position: interplab.estimate.Gaussian, mean (L, d);
+    `full` tracks each position's covariance (L, d, d), else only variances (mean field)."""
+    return lens(model, residual_states(model, dists, full)[-1])
 
 
 def forward_flops(model: nn.Module, L: int) -> float:
