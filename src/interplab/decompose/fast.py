@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from interplab.parallel import World, batch_moments
 from interplab.decompose.sae import SAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
-from interplab.decompose.steps import Scatter, StepOutput, _csr, adam_tensors, aux_gradients, load_adam
+from interplab.decompose.steps import (Scatter, StepOutput, _csr, adam_tensors, aux_gradients, clip_gradients,
+                                       load_adam)
 
 DENSE_FRACTION = 0.08  # above this share of active candidate entries, dense products beat CSR ones
 
@@ -137,13 +138,16 @@ class FastStep:
 
     @staticmethod
     def applies(module: SAE) -> bool:
-        if type(module) not in RULES or not module.apply_b_dec_to_input or module.rescale_acts_by_decoder_norm:
+        if type(module) not in RULES or not module.apply_b_dec_to_input:
+            return False
+        if module.rescale_acts_by_decoder_norm and not isinstance(module, (TopKSAE, BatchTopKSAE)):
             return False
         return not (isinstance(module, JumpReLUSAE) and module.sparsity != "l0")
 
     def __init__(self, module: SAE, lr: float, betas: tuple[float, float], eps: float, aux_coefficient: float,
-                 world: World | None = None):
+                 world: World | None = None, grad_clip: float | None = None):
         self.module, self.aux, self.rules = module, aux_coefficient, RULES[type(module)](module)
+        self.clip, self.rescale = grad_clip, module.rescale_acts_by_decoder_norm
         self.world = world or World()
         self.uses_aux = isinstance(module, (TopKSAE, BatchTopKSAE))  # AuxK revives their dead latents
         self.k = int(module.k or 1)
@@ -224,16 +228,22 @@ class FastStep:
         n, m = x.shape[0], Wt.shape[0]
         xc = x - bd  # (n, d)
         pre = torch.addmm(be, xc, Wt.T, out=self._buffer(n, m, x.dtype))  # (n, m): the one dense product
+        row_norms = Wd.norm(dim=1) if self.rescale else None  # (m,)
+        if row_norms is not None:
+            pre.mul_(row_norms)  # SAELens's rescaling: latents are ranked by pre·||W_dec,i||
         total, n_all = batch_moments(x, self.world)  # of the global batch, whichever rank holds its rows
         total = total.clamp_min(torch.finfo(x.dtype).tiny)  # ()
         e = self._select(pre, n_all)
+        if e is not None and row_norms is not None:  # code/||W_dec,i|| on the free-norm row = pre on it
+            e = e._replace(pre=e.pre / row_norms[e.lat])
         scale = coef / (n_all * self.module.d_in)
         if e is None:
             sse, err, g_rec, active, fired = self._dense(x, xc, pre, total, scale)
         else:
             sse, err, g_rec, active, fired = self._sparse(x, xc, e, total, scale)
         if self.uses_aux and bool(dead.any()):
-            aux_gradients(self.params, pre, xc, err, dead, self.aux, self.k_aux, self.dense_aux, self.world)
+            aux_gradients(self.params, pre, xc, err, dead, self.aux, self.k_aux, self.dense_aux, self.world,
+                          row_norms)
         g_bias = g_rec.sum(0)  # (d,)
         stats = torch.stack([sse, active.to(sse.dtype)])  # (2,)
         log_t = self.module.log_threshold if isinstance(self.module, JumpReLUSAE) else None
@@ -242,6 +252,9 @@ class FastStep:
         bd.grad = g_bias - be.grad @ Wt  # (d,): the output bias, and -b_dec inside the encoder
         if self.module.unit_decoder:
             Wd.grad -= (Wd.grad * Wd).sum(1, keepdim=True) * Wd  # remove the part parallel to each row
+        if self.clip is not None:
+            clip_gradients([Wt.grad, be.grad, Wd.grad, bd.grad, *([log_t.grad] if log_t is not None else [])],
+                           self.clip, float(total) / n_all)
         for opt, base in zip(self.opts, self.base, strict=True):
             opt.param_groups[0]["lr"] = base * lr_scale
             opt.step()
