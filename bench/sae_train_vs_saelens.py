@@ -8,6 +8,8 @@ learning rate and SAELens's "constant" schedule decaying linearly over the last 
 1/32 for TopK and BatchTopK, and for JumpReLU and ReLU one fixed sparsity coefficient (given in
 SAELens's units, its per-token penalty beside the per-token summed squared error, and converted
 into interplab's, which divides both by the batch's variance) warmed up over the first 5% of steps.
+JumpReLU's thresholds start where the initial SAE fires 4k latents per token on the first training
+batch (`start_threshold`), both trainers alike.
 Everything else is each library's default: SAELens clips the gradient norm at 1 and leaves the
 decoder norm free (rescaling TopK's ranking by it); interplab follows TrainConfig.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -87,18 +90,36 @@ def saelens_side() -> None:
 
 
 # --- interplab side ------------------------------------------------------------------------------------
-def interplab_module(variant: str, width: int, k: int):
+def interplab_module(variant: str, width: int, k: int, setup: Setup):
     from interplab.decompose.sae import BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
     from interplab.decompose.sae import JumpReLUSettings
+    from interplab.decompose.streams import generator
 
     if variant == "topk":
-        return TopKSAE(D_IN, width, k)
-    if variant == "batchtopk":
-        return BatchTopKSAE(D_IN, width, k)
+        sae = TopKSAE(D_IN, width, k)
+    elif variant == "batchtopk":
+        sae = BatchTopKSAE(D_IN, width, k)
+    elif variant == "jumprelu":
+        s = JumpReLUSettings()  # the decomposer's defaults: bandwidth, threshold lr scale
+        sae = JumpReLUSAE(D_IN, width, s.bandwidth, 1.0, "l0", threshold_lr_scale=s.threshold_lr_scale)
+    else:
+        sae = ReLUSAE(D_IN, width)
+    sae.init_(setup.mean * setup.scale, generator(setup.seed, -1))  # scaled units, as both trainers see the data
     if variant == "jumprelu":
-        s = JumpReLUSettings()  # the decomposer's defaults: bandwidth, init threshold, threshold lr scale
-        return JumpReLUSAE(D_IN, width, s.bandwidth, s.init_threshold, "l0", threshold_lr_scale=s.threshold_lr_scale)
-    return ReLUSAE(D_IN, width)
+        with torch.no_grad():
+            sae.log_threshold.fill_(math.log(start_threshold(sae, setup, 4 * k)))
+    return sae
+
+
+def start_threshold(sae, setup: Setup, l0: int) -> float:
+    """The JumpReLU threshold at which the initial SAE has mean L0 = `l0` on the first training batch.
+    At SAELens's default (0.01, in units of inputs normalised to E||x||^2 = d_in) half the latents
+    fire and stay firing for hundreds of steps, a dense regime that no trained SAE is in; starting
+    both trainers at a few times the budget k measures them where SAEs spend their training."""
+    x = setup.x[setup.order[0]] * setup.scale  # (batch, d_in): a training batch, never a scoring row
+    with torch.no_grad():
+        pre = sae.pre_acts(x).flatten()  # (batch d_sae,)
+    return float(pre.kthvalue(pre.numel() - l0 * x.shape[0]).values)
 
 
 def train_config(args: argparse.Namespace, variant: str, setup: Setup):
@@ -116,11 +137,9 @@ def run_variant(args: argparse.Namespace, variant: str, setup: Setup, folder: Pa
     from safetensors.torch import save_file
 
     from interplab.decompose import load
-    from interplab.decompose.streams import generator
 
     cfg = train_config(args, variant, setup)
-    sae = interplab_module(variant, args.width, args.k)
-    sae.init_(setup.mean * setup.scale, generator(setup.seed, -1))  # scaled units, as both trainers see the data
+    sae = interplab_module(variant, args.width, args.k, setup)
     init = {n: getattr(sae, n).detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
     dead_steps = max(10, setup.steps * setup.batch // 10 // setup.batch)  # interplab's default dead_tokens
     warm = max(1, round(cfg.sparsity_warmup * setup.steps))
