@@ -160,6 +160,19 @@ def test_fast_jumprelu_and_relu_steps_match_with_clipping_and_a_free_decoder(cli
     _agree(module, fast, ref_module, ref, coef=5.0, dead=torch.zeros(64, dtype=torch.bool))
 
 
+@pytest.mark.parametrize(("shift", "count"), [(0.0, 500), (-2.5, 500), (-4.0, 500), (0.0, 40000)])
+def test_top_positive_keeps_what_topk_keeps(shift, count):
+    """BatchTopK's cut by a guessed threshold equals topk's (less zeros), also when the first guess
+    leaves too few candidates or fewer than `count` entries are positive."""
+    from interplab.decompose.fast import top_positive
+
+    flat = torch.randn(200 * 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + shift
+    got = top_positive(flat, count)
+    ref = flat.clamp_min(0).topk(count)
+    assert set(got.indices.tolist()) == set(ref.indices[ref.values > 0].tolist())
+    assert torch.equal(flat[got.indices], got.values)
+
+
 def test_fast_path_is_taken_only_where_it_applies():
     assert FastStep.applies(TopKSAE(4, 8, 2)) and FastStep.applies(BatchTopKSAE(4, 8, 2))
     assert FastStep.applies(ReLUSAE(4, 8)) and FastStep.applies(JumpReLUSAE(4, 8))

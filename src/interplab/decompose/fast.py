@@ -54,6 +54,38 @@ def sampled_dots(e: Entries, g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return torch.sparse.sampled_addmm(pattern, g, W.T, beta=0.0).values()  # (E,)
 
 
+class Top(NamedTuple):
+    values: torch.Tensor  # (E,)
+    indices: torch.Tensor  # (E,) positions in the flat tensor
+
+
+def top_positive(flat: torch.Tensor, count: int) -> Top:
+    """The `count` largest positive entries of a flat tensor (all positive ones if fewer), as
+    `flat.clamp_min(0).topk(count)` keeps them less its zeros, which change no code.
+
+    BatchTopK's cut over a whole batch is a top-(k·n) of n·d_sae values, which `topk` sorts its way
+    through in seconds (measured: 2.4 s at n 4096, d_sae 4608, k 32, against 0.5 s for the per-row
+    top-k). Here a strided sample of 2^16 entries guesses a value just below the cut; one comparison
+    pass then leaves a few more than `count` candidates, and `topk` over those alone is exact. If
+    the guess leaves too few, a lower guess (and at last 0) is tried: the result never depends on it."""
+    n = flat.numel()
+    sample = flat[:: max(1, n // 65536)]  # (s,) a deterministic spread of rows and latents
+    for share in (1.25, 3.0, None):
+        if share is None or count * share >= n:
+            guess = flat.new_zeros(())
+        else:
+            rank = max(1, min(sample.numel(), round(sample.numel() * (1 - share * count / n))))
+            guess = sample.kthvalue(rank).values.clamp_min(0)
+        candidates = (flat > guess).nonzero().squeeze(1)  # (C,)
+        if candidates.numel() >= count or share is None:
+            break
+    values = flat[candidates]  # (C,)
+    if values.numel() > count:
+        top = values.topk(count, sorted=False)
+        return Top(top.values, candidates[top.indices])
+    return Top(values, candidates)
+
+
 class Rules:
     """Elementwise rules of one architecture; `th` is the threshold of each entry's latent."""
 
@@ -193,29 +225,27 @@ class FastStep:
     def _batch_topk(self, pre: torch.Tensor) -> Entries:
         """The k·n largest ReLU'd pre-activations of the batch; the threshold's EMA as the module does."""
         n, m = pre.shape
-        acts = pre.clamp_min(0).flatten()  # (n m,)
-        top = acts.topk(min(self.k * n, acts.numel()))
-        kept = top.values[top.values > 0]
-        if kept.numel():
-            self.module.threshold.lerp_(kept.min().expand_as(self.module.threshold), self.module.threshold_lr)
-        flat = top.indices.sort().values  # (E,) token-major
+        vals, flat = top_positive(pre.view(-1), min(self.k * n, pre.numel()))  # (E,), (E,)
+        if vals.numel():
+            self.module.threshold.lerp_(vals.min().expand_as(self.module.threshold), self.module.threshold_lr)
+        flat = flat.sort().values  # (E,) token-major
         rows, lat = flat // m, flat % m
         counts = torch.bincount(rows, minlength=n)
         crow = torch.zeros(n + 1, dtype=torch.long)
         torch.cumsum(counts, 0, out=crow[1:])
-        return Entries(rows, lat, pre.flatten()[flat], crow)
+        return Entries(rows, lat, pre.view(-1)[flat], crow)
 
     @torch.no_grad()
     def _batch_topk_shared(self, pre: torch.Tensor, n_all: int) -> Entries:
         """BatchTopK over a batch split across ranks: the k·n-th largest value of the whole batch
         (from every rank's own top k·n) is the cut; each rank keeps its entries at or above it."""
-        acts = pre.clamp_min(0)  # (n, m)
         want = self.k * n_all
-        local = acts.flatten().topk(min(want, acts.numel())).values
-        cut = self.world.gather(local).topk(min(want, self.world.gather(local).numel())).values.min()
-        mask = (acts >= cut) & (acts > 0)  # zero codes change nothing: left out
-        kept = acts[mask]
-        low = (kept.min() if kept.numel() else acts.new_tensor(float("inf"))).reshape(1)
+        local = top_positive(pre.view(-1), min(want, pre.numel())).values
+        every = self.world.gather(local)
+        cut = every.topk(min(want, every.numel())).values.min() if every.numel() else pre.new_tensor(float("inf"))
+        mask = (pre >= cut) & (pre > 0)  # zero codes change nothing: left out
+        kept = pre[mask]
+        low = (kept.min() if kept.numel() else pre.new_tensor(float("inf"))).reshape(1)
         self.world.min_(low)
         if torch.isfinite(low).all():
             self.module.threshold.lerp_(low[0].expand_as(self.module.threshold), self.module.threshold_lr)
