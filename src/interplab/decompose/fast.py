@@ -257,10 +257,11 @@ class FastStep:
         Wt, be, Wd, bd = self.params
         n, m = x.shape[0], Wt.shape[0]
         xc = x - bd  # (n, d)
-        pre = torch.addmm(be, xc, Wt.T, out=self._buffer(n, m, x.dtype))  # (n, m): the one dense product
         row_norms = Wd.norm(dim=1) if self.rescale else None  # (m,)
-        if row_norms is not None:
-            pre.mul_(row_norms)  # SAELens's rescaling: latents are ranked by pre·||W_dec,i||
+        if row_norms is None:
+            pre = torch.addmm(be, xc, Wt.T, out=self._buffer(n, m, x.dtype))  # (n, m): the one dense product
+        else:  # SAELens's rescaling, latents ranked by pre·||W_dec,i||: scaling W_enc costs m d, not n m
+            pre = torch.addmm(be * row_norms, xc, (Wt * row_norms.unsqueeze(1)).T, out=self._buffer(n, m, x.dtype))
         total, n_all = batch_moments(x, self.world)  # of the global batch, whichever rank holds its rows
         total = total.clamp_min(torch.finfo(x.dtype).tiny)  # ()
         e = self._select(pre, n_all)

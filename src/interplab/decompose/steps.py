@@ -135,10 +135,10 @@ def clip_gradients(grads: list[torch.Tensor], clip: float, units: float) -> None
     """Scale the gradients down so that their global norm, in SAELens's units (the gradient of the
     per-token summed squared error, `units` = the batch's total variance per token times the FVU
     gradient), is at most `clip`, as SAELens's `clip_grad_norm_(..., 1.0)` does."""
-    norm = torch.sqrt(sum(g.double().pow(2).sum() for g in grads)) * units  # () float64
-    if float(norm) > clip:
+    norm = float(torch.stack([torch.linalg.vector_norm(g).double() for g in grads]).norm()) * units
+    if norm > clip:
         for g in grads:
-            g.mul_(clip / float(norm))
+            g.mul_(clip / norm)
 
 
 # --- sparse products ------------------------------------------------------------------------------
