@@ -31,6 +31,10 @@ class SAE(Codec):
 
     unit_decoder: ClassVar[bool] = True  # decoder rows held at unit norm during training
     init_decoder_norm: ClassVar[float] = 1.0
+    # TrainConfig.decoder_norm when it is None: chosen on a validation split of the SAE bench's
+    # training tokens (docs/parts/sae2-results.md), where SAELens's free norm trained TopK and
+    # BatchTopK SAEs to a lower FVU in the same steps
+    default_decoder_norm: ClassVar[str] = "unit"
 
     @torch.no_grad()
     def init_(self, mean: torch.Tensor, generator: torch.Generator) -> None:
@@ -111,6 +115,7 @@ class ReLUSAE(SAE):
 
     unit_decoder = False
     init_decoder_norm = 0.1
+    default_decoder_norm = "free"  # the L1 penalty weights each code by its row's norm
 
     def __init__(self, d_in: int, d_sae: int):
         super().__init__(d_in, d_sae, "standard")
@@ -138,6 +143,8 @@ def auxk_loss(sae: SAE, x: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor,
 class TopKSAE(SAE):
     """f = ReLU(TopK_k(pre)) per token (Gao et al. 2024), with AuxK against dead latents."""
 
+    default_decoder_norm = "free"
+
     def __init__(self, d_in: int, d_sae: int, k: int, rescale_acts_by_decoder_norm: bool = False):
         super().__init__(d_in, d_sae, "topk", k=k, rescale_acts_by_decoder_norm=rescale_acts_by_decoder_norm)
 
@@ -149,6 +156,8 @@ class BatchTopKSAE(SAE):
     """Training keeps the k·n largest activations of the whole batch of n tokens; a threshold
     tracks, by an EMA, the smallest activation kept; inference is JumpReLU with that threshold for
     every latent, which is also how SAELens saves BatchTopK (architecture `jumprelu`)."""
+
+    default_decoder_norm = "free"
 
     def __init__(self, d_in: int, d_sae: int, k: int, threshold_lr: float = 0.01):
         super().__init__(d_in, d_sae, "jumprelu", k=k)

@@ -72,7 +72,8 @@ class TrainConfig(Config):
     """'unit': decoder rows held at norm 1, the gradient along each row removed (Gao et al.,
     sparsify); 'free': rows of any norm, TopK and BatchTopK ranking pre-activations times the row
     norm (SAELens's `rescale_acts_by_decoder_norm`), folded into the encoder at the end so the saved
-    rows are unit; None: the architecture's own (unit, but free for ReLU, whose L1 it weights)."""
+    rows are unit; None: the architecture's default (`default_decoder_norm`: free for TopK,
+    BatchTopK and ReLU, whose L1 it weights; unit for JumpReLU), chosen on a validation split."""
     grad_clip: float | None = Field(default=None, gt=0)
     """Clip the gradient's global norm at this, in SAELens's units (the gradient of the per-token
     summed squared error on normalised inputs), before Adam; SAELens clips at 1. None: no clipping."""
@@ -322,7 +323,7 @@ def _train_module(module: SAE, stream: Stream, cfg: TrainConfig, checkpoint_dir:
         module.init_(mean * scale, generator(cfg.seed, -1))
     else:
         module.fold_scale_(1 / scale)  # the given weights act on raw inputs: express them in scaled units
-    free = _set_decoder_norm(module, cfg.decoder_norm)
+    free = _set_decoder_norm(module, cfg.decoder_norm or module.default_decoder_norm)
     train(module, stream, cfg, scale, checkpoint_dir, label, stop_after)
     module.fold_scale_(scale)
     if free:
@@ -330,10 +331,8 @@ def _train_module(module: SAE, stream: Stream, cfg: TrainConfig, checkpoint_dir:
     return module
 
 
-def _set_decoder_norm(module: SAE, choice: str | None) -> bool:
+def _set_decoder_norm(module: SAE, choice: str) -> bool:
     """Apply TrainConfig.decoder_norm to `module`; True when its norms are to be folded at the end."""
-    if choice is None:
-        return False
     module.unit_decoder = choice == "unit"
     if choice == "unit" or isinstance(module, ReLUSAE):
         return False
