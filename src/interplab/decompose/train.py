@@ -72,8 +72,8 @@ class TrainConfig(Config):
     """'unit': decoder rows held at norm 1, the gradient along each row removed (Gao et al.,
     sparsify); 'free': rows of any norm, TopK and BatchTopK ranking pre-activations times the row
     norm (SAELens's `rescale_acts_by_decoder_norm`), folded into the encoder at the end so the saved
-    rows are unit; None: the architecture's default (`default_decoder_norm`: free for TopK,
-    BatchTopK and ReLU, whose L1 it weights; unit for JumpReLU), chosen on a validation split."""
+    rows are unit; None: the architecture's default (`SAE.default_decoder_norm`: free for ReLU,
+    whose L1 it weights; unit for TopK, BatchTopK and JumpReLU)."""
     grad_clip: float | None = Field(default=None, gt=0)
     """Clip the gradient's global norm at this, in SAELens's units (the gradient of the per-token
     summed squared error on normalised inputs), before Adam; SAELens clips at 1. None: no clipping."""
