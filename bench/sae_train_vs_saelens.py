@@ -1,126 +1,175 @@
-"""The same TopK SAE trained by interplab and by SAELens's SAETrainer on the same batches.
+"""Every SAE variant trained by interplab and by SAELens's SAETrainer on the same batches, interleaved.
 
-TopK SAE, d_in 576 (SmolLM2-135M resid_post.6), width 4608, k 32, batch 4096, 300 steps, one
-initialisation (unit decoder rows, W_enc = W_dec^T, b_enc = 0, b_dec = data mean) and one learning
-rate with SAELens's "constant" schedule decaying linearly over the last 20% of steps. Both sides see
-identical scaled batches: interplab's own stream (a seeded permutation per epoch) and scale
-(E||x||^2 = d_in on its first 8 batches) decide them, and the SAELens side, a subprocess of
-.bench-peers/bin/python (`make bench-peers`), reads the same rows, order and scale from a
-safetensors file and trains with normalize_activations="none".
+Variants (SAELens's name): topk (topk), batchtopk (batchtopk), jumprelu (jumprelu, L0 "step"
+penalty), relu (standard, L1 weighted by the decoder norms). Per variant both sides start from one
+initialisation (interplab's `init_`: random rows at the architecture's decoder norm, W_enc = W_dec^T,
+b_enc = 0, b_dec = data mean), see the same scaled batches in the same order (sae_common.py) with one
+learning rate and SAELens's "constant" schedule decaying linearly over the last 20% of steps, AuxK
+1/32 for TopK and BatchTopK, and for JumpReLU and ReLU one fixed sparsity coefficient (given in
+SAELens's units, its per-token penalty beside the per-token summed squared error, and converted
+into interplab's, which divides both by the batch's variance) warmed up over the first 5% of steps.
+JumpReLU's thresholds start where the initial SAE fires 4k latents per token on the first training
+batch (`start_threshold`), both trainers alike.
+Everything else is each library's default: SAELens clips the gradient norm at 1 and leaves the
+decoder norm free (rescaling TopK's ranking by it); interplab follows TrainConfig.
 
-Harvesting runs at ~2000 tokens/s on a 2-core machine, so 300 x 4096 = 1.2M distinct tokens would
-take ten minutes; by default 131072 training tokens are harvested and cycled over (about 9
-epochs), plus 16384 held-out tokens for the final FVU.
+The two trainers alternate in blocks of `--block` steps (paced.py), so both see the same load on a
+shared machine; each one's steps/s counts its own blocks only. The SAELens side runs in
+.bench-peers (`make bench-peers`) and its saved folder is read back by `interplab.decompose.load`,
+which scores it exactly as interplab's own SAE is scored (held-out FVU in float64, L0).
 
-Prints steps/s of both and their ratio (target >= 1.5x), both held-out FVUs (target: within 0.01),
-interplab's achieved GFLOP/s (encoder product + sparse decoder and its gradients, the flops its
-step actually performs; AuxK and Adam not counted) as a fraction of the float32 matmul peak
-measured in the same run (target >= 50%), and a microbenchmark of sparse against dense decoding.
+Prints per variant: steps/s of both and their ratio (target >= 3x), both FVUs (target: within 0.01)
+and L0s; for TopK also interplab's achieved GFLOP/s against the float32 matmul peak measured in the
+same run (target >= 50%). `--quick` runs 60 steps, enough for the speed ratio (not for FVU parity).
 
-    make bench-peers && .venv/bin/python bench/sae_train_vs_saelens.py [--threads 1] [--steps 300]
+    make bench-peers
+    .venv/bin/python bench/sae_train_vs_saelens.py --threads 1 --variant all [--quick] [--lr 8e-4]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from paced import Peer, PeerPacer
+from sae_common import (D_IN, PEERS_PYTHON, Setup, load_average, machine, matmul_peak, prepare, scores, timed,
+                        train_interleaved)
 
-ROOT = Path(__file__).resolve().parents[1]
-PEERS_PYTHON = ROOT / ".bench-peers" / "bin" / "python"
-D_IN, SITE = 576, "resid_post.6"
-
-
-def fvu64(x: torch.Tensor, recon: torch.Tensor) -> float:
-    """E||x - x_hat||^2 / (E||x||^2 - ||E x||^2), accumulated in float64 over the whole set."""
-    x, recon = x.double(), recon.double()
-    return float((x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-
-
-def matmul_peak(threads: int, n: int = 4096, reps: int = 3) -> float:
-    """GFLOP/s of the best of `reps` (n, n) @ (n, n) float32 products."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+VARIANTS = ("topk", "batchtopk", "jumprelu", "relu")
+COEFFICIENT = {"jumprelu": 1.0, "relu": 5.0}  # SAELens units; interplab's defaults for its own units
 
 
 # --- SAELens side (runs inside .bench-peers; imports nothing from interplab) ------------------------
-def saelens_side(folder: Path) -> None:
-    from sae_lens import LoggingConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+def saelens_side() -> None:
+    import sae_lens as sl
+    from sae_lens import LoggingConfig, SAETrainer
     from sae_lens.config import SAETrainerConfig
     from safetensors.torch import load_file
 
-    p = json.loads((folder / "job.json").read_text())
+    pacer = PeerPacer.from_argv()
+    p = pacer.job()
     torch.set_num_threads(p["threads"])
-    t = load_file(str(folder / "inputs.safetensors"))
-    cfg = TopKTrainingSAEConfig(d_in=D_IN, d_sae=p["width"], k=p["k"], aux_loss_coefficient=p["aux"],
-                                rescale_acts_by_decoder_norm=p["rescale"], use_sparse_activations=p["sparse"],
-                                normalize_activations="none", apply_b_dec_to_input=True, decoder_init_norm=None)
-    sae = TopKTrainingSAE(cfg)
-    sae.load_state_dict({n: t[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec")})
+    t = load_file(str(pacer.folder / "inputs.safetensors"))
+    common = dict(d_in=D_IN, d_sae=p["width"], normalize_activations="none", apply_b_dec_to_input=True,
+                  decoder_init_norm=None)
+    variant, warm = p["variant"], p["warmup_steps"]
+    if variant == "topk":
+        sae = sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(k=p["k"], aux_loss_coefficient=p["aux"], **common))
+    elif variant == "batchtopk":
+        sae = sl.BatchTopKTrainingSAE(sl.BatchTopKTrainingSAEConfig(k=p["k"], aux_loss_coefficient=p["aux"],
+                                                                    **common))
+    elif variant == "jumprelu":
+        sae = sl.JumpReLUTrainingSAE(sl.JumpReLUTrainingSAEConfig(
+            l0_coefficient=p["coefficient"], l0_warm_up_steps=warm, jumprelu_init_threshold=p["init_threshold"],
+            jumprelu_bandwidth=p["bandwidth"], jumprelu_sparsity_loss_mode="step", **common))
+    else:
+        sae = sl.StandardTrainingSAE(sl.StandardTrainingSAEConfig(l1_coefficient=p["coefficient"],
+                                                                  l1_warm_up_steps=warm, **common))
+    init = {n: t[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    if variant == "jumprelu":
+        init["threshold"] = torch.full((p["width"],), p["init_threshold"])
+    missing = sae.load_state_dict(init, strict=False).missing_keys
+    assert set(missing) <= {"topk_threshold"}, missing
     x, order, scale = t["x_train"], t["order"], p["scale"]
-
-    def batches():
-        for i in range(order.shape[0]):
-            yield x[order[i]] * scale  # (batch, d_in): the rows and scale interplab's stream used
 
     trainer_cfg = SAETrainerConfig(
         total_training_samples=p["steps"] * p["batch"], train_batch_size_samples=p["batch"], lr=p["lr"],
         lr_end=p["lr"], lr_scheduler_name="constant", lr_warm_up_steps=0, lr_decay_steps=p["decay_steps"],
         dead_feature_window=p["dead_window"], feature_sampling_window=10**9, device="cpu", autocast=False,
         n_checkpoints=0, save_final_checkpoint=False, logger=LoggingConfig(log_to_wandb=False))
-    trainer = SAETrainer(trainer_cfg, sae, batches())
-    start = time.perf_counter()
+    trainer = SAETrainer(trainer_cfg, sae, pacer.batches(lambda i: x[order[i]] * scale, p["steps"]))
     trainer.fit()
-    seconds = time.perf_counter() - start
-    sae.eval()
-    with torch.no_grad():
-        x_eval = t["x_eval"] * scale
-        recon = sae(x_eval)
-    sae.save_inference_model(str(folder / "saelens_sae"))
-    out = {"seconds": seconds, "steps": trainer.n_training_steps, "fvu": fvu64(x_eval, recon),
-           "dead": int(trainer.dead_neurons.sum())}
-    (folder / "result.json").write_text(json.dumps(out))
+    pacer.end_blocks()
+    sae.save_inference_model(str(pacer.folder / "saelens_sae"))
+    pacer.done({"steps": trainer.n_training_steps, "dead": int(trainer.dead_neurons.sum())})
 
 
 # --- interplab side ------------------------------------------------------------------------------------
-def activations(tokens: int, eval_tokens: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) rows of SmolLM2 resid_post.6, harvested once into the user cache."""
-    from interplab import cache, ui
-    from interplab.errors import UserError
-    from interplab.store import ActivationStore, HarvestConfig, harvest
-    from interplab.subjects import load_subject
+def interplab_module(variant: str, width: int, k: int, setup: Setup):
+    from interplab.decompose.sae import BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
+    from interplab.decompose.sae import JumpReLUSettings
+    from interplab.decompose.streams import generator
 
-    cfg = HarvestConfig(subject="smollm2", subject_config={"seq_len": seq_len}, sites=[SITE],
-                        tokens=tokens + eval_tokens, batch_size=16, shard_tokens=16384)
-    folder = cache.entry("bench-activations", cfg.model_dump(mode="json"))
-    try:
-        store = ActivationStore(folder)
-    except UserError:  # not harvested yet, or interrupted: harvest resumes
-        ui.info(f"harvesting {tokens + eval_tokens} tokens of smollm2 {SITE} into {folder}")
-        harvest(load_subject("smollm2", seq_len=seq_len), cfg, folder)
-        store = ActivationStore(folder)
-    x = store.all(SITE)  # (tokens + eval_tokens, 576), in harvest order: sequences never straddle the cut
-    return x[:tokens].contiguous(), x[tokens:].contiguous()
+    if variant == "topk":
+        sae = TopKSAE(D_IN, width, k)
+    elif variant == "batchtopk":
+        sae = BatchTopKSAE(D_IN, width, k)
+    elif variant == "jumprelu":
+        s = JumpReLUSettings()  # the decomposer's defaults: bandwidth, threshold lr scale
+        sae = JumpReLUSAE(D_IN, width, s.bandwidth, 1.0, "l0", threshold_lr_scale=s.threshold_lr_scale)
+    else:
+        sae = ReLUSAE(D_IN, width)
+    sae.init_(setup.mean * setup.scale, generator(setup.seed, -1))  # scaled units, as both trainers see the data
+    if variant == "jumprelu":
+        with torch.no_grad():
+            sae.log_threshold.fill_(math.log(start_threshold(sae, setup, 4 * k)))
+    return sae
+
+
+def start_threshold(sae, setup: Setup, l0: int) -> float:
+    """The JumpReLU threshold at which the initial SAE has mean L0 = `l0` on the first training batch.
+    At SAELens's default (0.01, in units of inputs normalised to E||x||^2 = d_in) half the latents
+    fire and stay firing for hundreds of steps, a dense regime that no trained SAE is in; starting
+    both trainers at a few times the budget k measures them where SAEs spend their training."""
+    x = setup.x[setup.order[0]] * setup.scale  # (batch, d_in): a training batch, never a scoring row
+    with torch.no_grad():
+        pre = sae.pre_acts(x).flatten()  # (batch d_sae,)
+    return float(pre.kthvalue(pre.numel() - l0 * x.shape[0]).values)
+
+
+def train_config(args: argparse.Namespace, variant: str, setup: Setup):
+    from interplab.decompose.train import TrainConfig
+
+    extra = {k: v for k, v in (("decoder_norm", args.decoder_norm), ("grad_clip", args.grad_clip),
+                               ("adam_eps", args.eps)) if v is not None}
+    coefficient = COEFFICIENT.get(variant, 0.0) * D_IN / setup.variance  # SAELens's units -> interplab's
+    return TrainConfig(steps=setup.steps, batch_size=setup.batch, lr=args.lr, decay=0.2, seed=setup.seed,
+                       threads=args.threads, aux_coefficient=1 / 32, sparsity_coefficient=coefficient,
+                       sparsity_warmup=0.05, target_l0=None, **extra)
+
+
+def run_variant(args: argparse.Namespace, variant: str, setup: Setup, folder: Path) -> dict:
+    from safetensors.torch import save_file
+
+    from interplab.decompose import load
+
+    cfg = train_config(args, variant, setup)
+    sae = interplab_module(variant, args.width, args.k, setup)
+    init = {n: getattr(sae, n).detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    dead_steps = max(10, setup.steps * setup.batch // 10 // setup.batch)  # interplab's default dead_tokens
+    warm = max(1, round(cfg.sparsity_warmup * setup.steps))
+    peers = []
+    if not args.skip_saelens:
+        save_file({"x_train": setup.x, "order": setup.order, **init}, str(folder / "inputs.safetensors"))
+        job = {"variant": variant, "width": args.width, "k": args.k, "aux": 1 / 32, "scale": setup.scale,
+               "steps": setup.steps, "batch": setup.batch, "lr": args.lr, "decay_steps": round(0.2 * setup.steps),
+               "dead_window": dead_steps - 1, "threads": args.threads, "block": args.block,
+               "coefficient": COEFFICIENT.get(variant, 0.0), "warmup_steps": warm,
+               "init_threshold": getattr(sae, "threshold", torch.zeros(1)).flatten()[0].item(),
+               "bandwidth": getattr(sae, "bandwidth", 0.05)}  # SAELens: dead when passes > window
+        (folder / "job.json").write_text(json.dumps(job))
+        peers.append(Peer(PEERS_PYTHON, __file__, folder, "--saelens-side", folder / "saelens.log"))
+    sae.fold_scale_(setup.scale)  # train_sae takes weights that act on raw inputs, and unfolds them itself
+    load_before = load_average()
+    sae, seconds = train_interleaved(sae, cfg, setup, peers, args.block)
+    row = {"variant": variant, "ours": {"seconds": seconds, "steps": setup.steps, **scores(sae, setup.x_eval)},
+           "load": (load_before + load_average()) / 2}
+    if peers:
+        theirs = peers[0].finish()
+        back = load(folder / "saelens_sae")  # their saved file, read by interplab; it acts on scaled inputs
+        theirs |= scores(back.codec_, setup.x_eval * setup.scale)
+        row["theirs"] = theirs
+    return row
 
 
 def decode_microbench(threads: int, n: int = 4096, m: int = 4608, k: int = 32) -> tuple[float, float]:
     """ms for forward + backward of the decoder at the bench's sizes: sparse (gather the k rows,
-    as FastTopKStep does) against dense (scatter the codes into (n, m), then matmuls)."""
+    as the fast step does) against dense (scatter the codes into (n, m), then matmuls)."""
     import torch.nn.functional as F
 
     from interplab.decompose.steps import Scatter, row_dots
@@ -141,117 +190,83 @@ def decode_microbench(threads: int, n: int = 4096, m: int = 4608, k: int = 32) -
         codes.T @ g
 
     sparse(), dense()
-    return (min(_timed(sparse) for _ in range(3)) * 1e3, min(_timed(dense) for _ in range(3)) * 1e3)
+    return min(timed(sparse) for _ in range(3)) * 1e3, min(timed(dense) for _ in range(3)) * 1e3
+
+
+def report(args: argparse.Namespace, rows: list[dict], peaks: list[float]) -> None:
+    print(f"\n{'variant':10s} {'interplab steps/s':>17s} {'SAELens steps/s':>15s} {'ratio':>7s} "
+          f"{'FVU ours':>9s} {'FVU SAELens':>11s} {'|diff|':>7s} {'L0 ours':>8s} {'L0 SAELens':>10s} {'load':>5s}")
+    for r in rows:
+        o, t = r["ours"], r.get("theirs")
+        rate = o["steps"] / o["seconds"]
+        line = f"{r['variant']:10s} {rate:17.3f} "
+        if t:
+            theirs = t["steps"] / t["seconds"]
+            line += (f"{theirs:15.3f} {rate / theirs:6.2f}x {o['fvu']:9.4f} {t['fvu']:11.4f} "
+                     f"{abs(o['fvu'] - t['fvu']):7.4f} {o['l0']:8.1f} {t['l0']:10.1f}")
+        else:
+            line += f"{'-':>15s} {'-':>7s} {o['fvu']:9.4f} {'-':>11s} {'-':>7s} {o['l0']:8.1f} {'-':>10s}"
+        print(line + f" {r['load']:5.1f}")
+    print("targets: ratio >= 3x per variant, |FVU difference| <= 0.01")
+    topk = next((r for r in rows if r["variant"] == "topk"), None)
+    if topk and peaks:
+        n, d, m, k = args.batch, D_IN, args.width, args.k
+        flops = topk["ours"]["steps"] * (2 * n * d * m + 8 * n * k * d)  # encoder + gather, SDDMM, two CSR products
+        gflops = flops / topk["ours"]["seconds"] / 1e9
+        sparse_ms, dense_ms = decode_microbench(args.threads)
+        print(f"matmul peak (4096^3 float32, best of 3, measured {len(peaks)}x): "
+              f"{', '.join(f'{p:.1f}' for p in peaks)} GFLOP/s -> peak {max(peaks):.1f}")
+        print(f"interplab TopK achieved {gflops:.1f} GFLOP/s = {gflops / max(peaks):.0%} of the matmul peak "
+              f"(target >= 50%)")
+        print(f"decoder fwd+bwd at n={n}, d_sae={m}, k={k}: sparse {sparse_ms:.1f} ms, dense {dense_ms:.1f} ms")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variant", choices=[*VARIANTS, "all"], default="topk")
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--quick", action="store_true", help="60 steps: the speed ratio, not FVU parity")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--width", type=int, default=4608)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--tokens", type=int, default=131072, help="training tokens harvested (cycled over)")
-    ap.add_argument("--eval-tokens", type=int, default=16384)
-    ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--block", type=int, default=10, help="steps per turn when the two trainers alternate")
+    ap.add_argument("--validation", action="store_true",
+                    help="train on the training tokens less their last 16384 and score on those (held-out unread)")
+    ap.add_argument("--decoder-norm", choices=["unit", "free"], default=None, help="interplab's TrainConfig.decoder_norm")
+    ap.add_argument("--grad-clip", type=float, default=None, help="interplab's TrainConfig.grad_clip")
     ap.add_argument("--eps", type=float, default=None, help="interplab's Adam epsilon (default: TrainConfig's)")
-    ap.add_argument("--saelens-sparse", action="store_true", help="SAELens's use_sparse_activations=True")
-    ap.add_argument("--saelens-no-rescale", action="store_true",
-                    help="SAELens's rescale_acts_by_decoder_norm=False (its default for TopK is True)")
     ap.add_argument("--skip-saelens", action="store_true")
-    ap.add_argument("--saelens-side", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    ap.add_argument("--saelens-side", action="store_true", help=argparse.SUPPRESS)
+    args, _ = ap.parse_known_args()
     if args.saelens_side:
-        saelens_side(args.saelens_side)
+        saelens_side()
         return
-    run(args)
-
-
-def run(args: argparse.Namespace) -> None:
-    from safetensors.torch import save_file
-
-    from interplab import ui
-    from interplab.decompose.sae import TopKSAE
-    from interplab.decompose.streams import TensorStream, generator
-    from interplab.decompose.train import TrainConfig, input_scale, train_sae
-
-    torch.set_num_threads(args.threads)
-    x, x_eval = activations(args.tokens, args.eval_tokens, args.seq_len)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, decay=0.2, seed=args.seed,
-                      threads=args.threads, **({"adam_eps": args.eps} if args.eps else {}))
-    stream = TensorStream(x, args.batch, args.seed)
-    scale, mean = input_scale(stream, cfg.norm_batches)
-    order = torch.stack([torch.randperm(x.shape[0], generator=generator(args.seed, e))
-                         for e in range(-(-args.steps // stream.steps_per_epoch))])  # (epochs, n)
-    order = order[:, : stream.steps_per_epoch * args.batch].reshape(-1, args.batch)[: args.steps]  # (steps, batch)
-    assert torch.equal(stream.batch(args.steps - 1), x[order[-1]])  # the SAELens side gets these rows
-    sae = TopKSAE(D_IN, args.width, args.k)
-    sae.init_(mean * scale, generator(args.seed, -1))  # in scaled units, as both trainers see the data
-    init = {n: getattr(sae, n).detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    run_tokens = args.steps * args.batch
-    dead_steps = max(10, run_tokens // 10 // args.batch)  # interplab's default dead_tokens, in steps
-    peak = [matmul_peak(args.threads)]
-    print(f"torch {torch.__version__}, {args.threads} thread(s); {x.shape[0]} training tokens cycled over "
-          f"{args.steps} steps of {args.batch} (~{run_tokens / x.shape[0]:.1f} epochs); scale {scale:.4g}", flush=True)
-
-    sae.fold_scale_(scale)  # train_sae takes weights that act on raw inputs, and unfolds them itself
-    ui.set_quiet(True)
-    seconds = _timed(lambda: train_sae(sae, x, cfg))
-    with torch.no_grad():
-        out = sae.eval()(x_eval)
-        ours = {"seconds": seconds, "fvu": fvu64(x_eval, out.recon), "dead": int(((out.codes != 0).sum(0) == 0).sum())}
-    peak.append(matmul_peak(args.threads))
-    theirs = None if args.skip_saelens else run_saelens(args, x, x_eval, order, init, scale, dead_steps, save_file)
-    peak.append(matmul_peak(args.threads))
-    report(args, ours, theirs, max(peak), peak)
-
-
-def run_saelens(args, x, x_eval, order, init, scale, dead_steps, save_file) -> dict:
-    if not PEERS_PYTHON.exists():
+    if args.quick:
+        args.steps = 60
+    if not args.skip_saelens and not PEERS_PYTHON.exists():
         sys.exit(f"{PEERS_PYTHON} is missing; run `make bench-peers` first (or pass --skip-saelens)")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        save_file({"x_train": x, "x_eval": x_eval, "order": order, **init}, str(folder / "inputs.safetensors"))
-        job = {"width": args.width, "k": args.k, "aux": 1 / 32, "sparse": args.saelens_sparse, "scale": scale,
-               "rescale": not args.saelens_no_rescale,
-               "steps": args.steps, "batch": args.batch, "lr": args.lr, "decay_steps": round(0.2 * args.steps),
-               "dead_window": dead_steps - 1, "threads": args.threads}  # SAELens: dead when passes > window
-        (folder / "job.json").write_text(json.dumps(job))
-        subprocess.run([str(PEERS_PYTHON), __file__, "--saelens-side", str(folder)], check=True,
-                       stderr=subprocess.DEVNULL)
-        out = json.loads((folder / "result.json").read_text())
-        from interplab.decompose import load
-
-        theirs = load(folder / "saelens_sae")  # their saved file, read by interplab; it acts on scaled inputs
-        back = theirs.forward(x_eval * scale)
-        out["fvu_loaded"] = fvu64(x_eval * scale, back.recon)
-        out["dead_eval"] = int(((back.codes != 0).sum(0) == 0).sum())
-        return out
-
-
-def report(args, ours: dict, theirs: dict | None, peak: float, peaks: list[float]) -> None:
-    n, d, m, k = args.batch, D_IN, args.width, args.k
-    flops = args.steps * (2 * n * d * m + 8 * n * k * d)  # encoder + gather, SDDMM, two CSR products
-    gflops = flops / ours["seconds"] / 1e9
-    ours_rate = args.steps / ours["seconds"]
-    sparse_ms, dense_ms = decode_microbench(args.threads)
-    print(f"matmul peak (4096^3 float32, best of 3, measured {len(peaks)}x): "
-          f"{', '.join(f'{p:.1f}' for p in peaks)} GFLOP/s -> peak {peak:.1f}")
-    print(f"interplab : {ours['seconds']:7.1f} s  {ours_rate:6.3f} steps/s  held-out FVU {ours['fvu']:.4f}; "
-          f"latents silent on held-out {ours['dead']}")
-    if theirs:
-        rate = theirs["steps"] / theirs["seconds"]
-        print(f"SAELens   : {theirs['seconds']:7.1f} s  {rate:6.3f} steps/s  held-out FVU {theirs['fvu']:.4f} "
-              f"(read back by interplab: {theirs['fvu_loaded']:.4f}); latents silent on held-out "
-              f"{theirs['dead_eval']}, dead by its own count {theirs['dead']}"
-              f"{' [use_sparse_activations]' if args.saelens_sparse else ''}"
-              f"{' [rescale_acts_by_decoder_norm=False]' if args.saelens_no_rescale else ''}")
-        print(f"steps/s ratio interplab / SAELens: {ours_rate / rate:.2f}x   (target >= 1.5x)")
-        print(f"FVU difference: {abs(ours['fvu'] - theirs['fvu']):.4f}   (target <= 0.01)")
-    print(f"interplab achieved {gflops:.1f} GFLOP/s = {gflops / peak:.0%} of the matmul peak   (target >= 50%)")
-    print(f"decoder fwd+bwd at n={n}, d_sae={m}, k={k}: sparse {sparse_ms:.1f} ms, dense {dense_ms:.1f} ms")
+    torch.set_num_threads(args.threads)
+    setup = prepare(args.steps, args.batch, args.seed, args.validation)
+    variants = VARIANTS if args.variant == "all" else (args.variant,)
+    print(f"{machine()}; torch {torch.__version__}, {args.threads} thread(s); {setup.x.shape[0]} training tokens, "
+          f"{args.steps} steps of {args.batch} (~{args.steps * args.batch / setup.x.shape[0]:.1f} epochs), "
+          f"lr {args.lr}, scored on {setup.x_eval.shape[0]} {setup.split} tokens; blocks of {args.block} steps; "
+          f"load average {load_average():.1f}", flush=True)
+    peaks = [matmul_peak(args.threads)] if "topk" in variants else []
+    rows = []
+    for variant in variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(run_variant(args, variant, setup, Path(tmp)))
+        r = rows[-1]
+        print(f"{variant}: interplab {r['ours']['seconds']:.1f} s, FVU {r['ours']['fvu']:.4f}"
+              + (f"; SAELens {r['theirs']['seconds']:.1f} s, FVU {r['theirs']['fvu']:.4f}" if "theirs" in r else "")
+              + f"; load {r['load']:.1f}", flush=True)
+    if peaks:
+        peaks.append(matmul_peak(args.threads))
+    report(args, rows, peaks)
 
 
 if __name__ == "__main__":

@@ -115,11 +115,71 @@ def test_fast_relu_step_matches_reference_step(coef, sparse, monkeypatch):
     _agree(*_pair(ReLUSAE(16, 64).double(), aux=0.5), coef=coef, dead=dead)
 
 
+def _free(module, seed: int = 2):
+    """SAELens's parametrisation: decoder rows of any norm (here scattered in [0.5, 2]), TopK and
+    BatchTopK ranking pre·||W_dec,i||."""
+    module.unit_decoder = False
+    module.rescale_acts_by_decoder_norm = isinstance(module, (TopKSAE, BatchTopKSAE))
+    fast, ref = copy.deepcopy(module), module
+    for m in (fast, ref):
+        with torch.no_grad():
+            m.W_dec *= 0.5 + 1.5 * torch.rand(m.d_sae, 1, generator=torch.Generator().manual_seed(seed),
+                                              dtype=torch.float64)
+    return fast, ref
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+@pytest.mark.parametrize("n_dead", [0, 5, 40])
+@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE])
+def test_fast_step_matches_reference_step_with_a_free_decoder_norm(cls, n_dead, clip):
+    """decoder_norm='free' (rows of any norm, rescaled ranking, AuxK on the rescaled codes) and
+    SAELens's gradient clipping: still equal to float64 rounding."""
+    torch.manual_seed(0)
+    sae = cls(16, 64, k=4).double()
+    sae.init_(torch.zeros(16, dtype=torch.float64), torch.Generator().manual_seed(1))
+    module, ref_module = _free(sae)
+    fast = FastStep(module, 1e-2, (0.9, 0.999), 1e-8, aux_coefficient=0.5, grad_clip=clip)
+    ref = ReferenceStep(ref_module, 1e-2, (0.9, 0.999), 1e-8, aux_coefficient=0.5, grad_clip=clip)
+    assert FastStep.applies(module)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[torch.randperm(64)[:n_dead]] = True
+    _agree(module, fast, ref_module, ref, coef=0.0, dead=dead)
+    assert not torch.allclose(module.W_dec.norm(dim=1), torch.ones(64, dtype=torch.float64))  # left free
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_fast_jumprelu_and_relu_steps_match_with_clipping_and_a_free_decoder(clip):
+    sae = JumpReLUSAE(16, 64, bandwidth=0.5, init_threshold=0.3, threshold_lr_scale=5.0).double()
+    sae.init_(torch.zeros(16, dtype=torch.float64), torch.Generator().manual_seed(1))
+    module, ref_module = _free(sae)
+    _agree(module, FastStep(module, 1e-2, (0.9, 0.999), 1e-8, 0.0, grad_clip=clip), ref_module,
+           ReferenceStep(ref_module, 1e-2, (0.9, 0.999), 1e-8, 0.0, grad_clip=clip), coef=3.0,
+           dead=torch.zeros(64, dtype=torch.bool))
+    module, fast, ref_module, ref = _pair(ReLUSAE(16, 64).double(), aux=0.0)
+    fast.clip = ref.clip = clip
+    _agree(module, fast, ref_module, ref, coef=5.0, dead=torch.zeros(64, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(("shift", "count"), [(0.0, 500), (-2.5, 500), (-4.0, 500), (0.0, 40000)])
+def test_top_positive_keeps_what_topk_keeps(shift, count):
+    """BatchTopK's cut by a guessed threshold equals topk's (less zeros), also when the first guess
+    leaves too few candidates or fewer than `count` entries are positive."""
+    from interplab.decompose.fast import top_positive
+
+    flat = torch.randn(200 * 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + shift
+    got = top_positive(flat, count)
+    ref = flat.clamp_min(0).topk(count)
+    assert set(got.indices.tolist()) == set(ref.indices[ref.values > 0].tolist())
+    assert torch.equal(flat[got.indices], got.values)
+
+
 def test_fast_path_is_taken_only_where_it_applies():
     assert FastStep.applies(TopKSAE(4, 8, 2)) and FastStep.applies(BatchTopKSAE(4, 8, 2))
     assert FastStep.applies(ReLUSAE(4, 8)) and FastStep.applies(JumpReLUSAE(4, 8))
     assert not FastStep.applies(JumpReLUSAE(4, 8, sparsity="tanh"))  # the tanh penalty: autograd
-    rescaled = TopKSAE(4, 8, 2, rescale_acts_by_decoder_norm=True)
+    assert FastStep.applies(TopKSAE(4, 8, 2, rescale_acts_by_decoder_norm=True))  # decoder_norm='free'
+    rescaled = ReLUSAE(4, 8)
+    rescaled.rescale_acts_by_decoder_norm = True
     assert not FastStep.applies(rescaled)
     assert 0 < DENSE_FRACTION < 1
 
@@ -269,6 +329,47 @@ def test_folding_the_scale_leaves_outputs_unchanged(cls):
     assert torch.allclose(after.codes * s, before.codes, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("cls", [ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE])
+def test_folding_the_decoder_norm_leaves_outputs_unchanged(cls):
+    """Exact where it is used: TopK and BatchTopK ranking pre·||W_dec,i|| (decoder_norm='free'),
+    ReLU and JumpReLU as they are (positively homogeneous)."""
+    rescale = cls in (TopKSAE, BatchTopKSAE)
+    args = (8, 24) if cls in (ReLUSAE, JumpReLUSAE) else (8, 24, 3)
+    sae = cls(*args)
+    sae.init_(torch.randn(8), torch.Generator().manual_seed(0))
+    sae.rescale_acts_by_decoder_norm = rescale
+    with torch.no_grad():
+        sae.b_enc.normal_()
+        sae.W_dec *= 0.2 + 3 * torch.rand(24, 1)
+        if cls is JumpReLUSAE:
+            sae.log_threshold.uniform_(-3, 0)
+        if cls is BatchTopKSAE:
+            sae.threshold.fill_(0.1)
+    sae.eval()
+    x = torch.randn(50, 8) * 3
+    before = sae(x)
+    sae.fold_decoder_norm_()
+    after = sae(x)
+    assert not sae.rescale_acts_by_decoder_norm
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(24), atol=1e-6)
+    assert torch.allclose(after.recon, before.recon, rtol=1e-5, atol=1e-4)
+    assert torch.equal(after.codes != 0, before.codes != 0)
+
+
+@pytest.mark.parametrize("name", ["sae-topk", "sae-batchtopk", "sae-jumprelu"])
+def test_a_free_decoder_norm_trains_and_saves_unit_rows(name, tmp_path):
+    """decoder_norm='free' trains with rows of any norm and saves an SAE with unit rows that
+    encodes as the trained one did (checked through save and load)."""
+    x = planted(2000, seed=8)
+    dec = train_sae(D.create(name, k=4, width=32, steps=30, batch_size=200), x, {"decoder_norm": "free"})
+    assert torch.allclose(dec.components_.norm(dim=1), torch.ones(32), atol=1e-5)
+    assert not dec.codec_.rescale_acts_by_decoder_norm
+    assert float(dec.forward(x).fvu) < 0.9
+    dec.save(tmp_path / "sae")
+    back = D.load(tmp_path / "sae")
+    assert torch.allclose(back.forward(x).recon, dec.forward(x).recon, atol=1e-5)
+
+
 def test_normalisation_makes_training_scale_free():
     """Inputs 1000x larger give the same dictionary and 1000x the biases: the scale is estimated,
     trained away and folded back, so the saved SAE acts on raw activations."""
@@ -328,3 +429,20 @@ def test_tensor_and_iterable_streams():
         train_sae("sae-topk", 3)
     with pytest.raises(UserError, match="d_in=16"):
         train_sae(TopKSAE(16, 32, 4), torch.randn(100, 8))
+
+
+# --- the estimate before a long run -------------------------------------------------------------------
+def test_a_long_run_prints_its_estimate_first(monkeypatch):
+    """After a few timed steps, a run whose rest would take longer than LONG_RUN_SECONDS says so
+    (and what would be faster); a short one says nothing. The estimate's value is not checked."""
+    said: list[str] = []
+    monkeypatch.setattr("interplab.decompose.timing.ui.info", said.append)
+    x = planted(1000, seed=10)
+    monkeypatch.setattr("interplab.decompose.timing.LONG_RUN_SECONDS", 1e9)
+    train_sae(D.create("sae-topk", k=4, width=32, steps=12, batch_size=100), x)
+    assert said == []
+    monkeypatch.setattr("interplab.decompose.timing.LONG_RUN_SECONDS", 0.0)
+    train_sae(D.create("sae-topk", k=4, width=32, steps=12, batch_size=100), x)
+    assert len(said) == 1
+    assert "train sae-topk: estimated" in said[0] and "remaining 8 steps" in said[0]
+    assert "--set device=cuda" in said[0] and "torchrun" in said[0]

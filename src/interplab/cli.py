@@ -121,8 +121,33 @@ def harvest(
     subj = load_subject(subject, **subject_cfg)
     for s in site:
         resolve(subj.model, s, dict(subj.sites))
+    from interplab.parallel import World
+
+    world = World.from_env()  # under torchrun: each rank harvests a range of the shards
     path = run_harvest(subj, cfg, out)
-    typer.echo(f"harvest complete: {path / 'manifest.json'}")
+    if world.main:
+        typer.echo(f"harvest complete: {path / 'manifest.json'}")
+
+
+@app.command("train-sae")
+def train_sae(
+    data: Annotated[Path, typer.Argument(help="An activation store folder (from `interplab harvest`).")],
+    out: Annotated[Path, typer.Option(help="Folder for the trained SAE (SAELens format).")],
+    site: Annotated[Optional[str], typer.Option(help="Site of the store to train on (needed when it holds several).")] = None,
+    sae: Annotated[str, typer.Option(help="sae-topk, sae-batchtopk, sae-jumprelu or sae-relu.")] = "sae-topk",
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="SAE or trainer setting key=value (repeatable): "
+                                                      "width, k, steps, lr, batch_size, device, decoder_norm ...")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint folder; rerunning with it resumes.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train an SAE on harvested activations; under `torchrun --nproc_per_node N` on N processes."""
+    ui.set_quiet(quiet)
+    from interplab.config import parse_set
+    from interplab.decompose.train_cli import train_sae_on_store
+
+    path = train_sae_on_store(data, site, sae, parse_set(sets), out, checkpoint)
+    if path is not None:
+        typer.echo(f"saved: {path}")
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under torchrun (or alone): train SAEs on a saved tensor and, on
-rank 0, save each one's weights. argv: data.safetensors out_prefix names(comma-separated) steps
-[checkpoint_dir or -] [stop_after]"""
+rank 0, save each one's weights. argv: data.safetensors out_prefix names steps [checkpoint_dir or -]
+[stop_after]; names are comma-separated, NAME+free for decoder_norm='free' with grad_clip."""
 
 import sys
 
@@ -19,8 +19,10 @@ torch.set_num_threads(1)
 ui.set_quiet(True)
 world = World.from_env("cpu")
 x = load_file(data)["x"]
-for name in names:
+for spec in names:  # "sae-topk+free": SAELens's free decoder norm and gradient clipping
+    name, _, free = spec.partition("+")
+    extra = {"decoder_norm": "free", "grad_clip": 0.05} if free else {}
     sae = create(name, k=4, width=64, steps=steps, batch_size=256, seed=3)
-    train_sae(sae, x, {"checkpoint_every": 5}, ckpt, stop_after=stop)
+    train_sae(sae, x, {"checkpoint_every": 5, **extra}, ckpt, stop_after=stop)
     if world.main and stop is None:
-        save_file({k: v.detach().contiguous() for k, v in sae.codec_.state_dict().items()}, f"{out}.{name}")
+        save_file({k: v.detach().contiguous() for k, v in sae.codec_.state_dict().items()}, f"{out}.{spec}")

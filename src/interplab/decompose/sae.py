@@ -31,6 +31,11 @@ class SAE(Codec):
 
     unit_decoder: ClassVar[bool] = True  # decoder rows held at unit norm during training
     init_decoder_norm: ClassVar[float] = 1.0
+    # TrainConfig.decoder_norm when it is None. Unit for TopK and BatchTopK: SAELens's free norm is
+    # an option, not the default, since its gain on the bench's validation split was small (TopK
+    # 0.0914 against 0.0940 at lr 4e-4, 0.0768 against 0.0777 at 8e-4, one seed) and FVU parity
+    # with it was not measured at both learning rates (docs/parts/sae2-results.md)
+    default_decoder_norm: ClassVar[str] = "unit"
 
     @torch.no_grad()
     def init_(self, mean: torch.Tensor, generator: torch.Generator) -> None:
@@ -88,12 +93,30 @@ class SAE(Codec):
         self.b_enc /= s
         self.b_dec /= s
 
+    @torch.no_grad()
+    def fold_decoder_norm_(self) -> None:
+        """Decoder rows to unit norm, each latent's norm moved into its encoder column, bias (and
+        threshold): the same outputs, with `rescale_acts_by_decoder_norm` off afterwards. Exact for
+        ReLU and JumpReLU (positively homogeneous) and for TopK and BatchTopK that rank
+        pre·||W_dec,i|| (the rescaling on), which is what the folded encoder computes; a TopK that
+        ranks pre alone would rank differently after the fold."""
+        norms = self.W_dec.norm(dim=1).clamp_min(1e-30)  # (d_sae,)
+        self.W_enc *= norms
+        self.b_enc *= norms
+        self.W_dec /= norms.unsqueeze(1)
+        self._fold_threshold(norms, rescaled=self.rescale_acts_by_decoder_norm)
+        self.rescale_acts_by_decoder_norm = False
+
+    def _fold_threshold(self, norms: torch.Tensor, rescaled: bool) -> None:
+        """Thresholds in units of the pre-activations: unchanged where those were already rescaled."""
+
 
 class ReLUSAE(SAE):
     """f = ReLU((x - b_dec) W_enc + b_enc); penalty sum_i f_i ||W_dec,i|| (Anthropic, April 2024)."""
 
     unit_decoder = False
     init_decoder_norm = 0.1
+    default_decoder_norm = "free"  # the L1 penalty weights each code by its row's norm
 
     def __init__(self, d_in: int, d_sae: int):
         super().__init__(d_in, d_sae, "standard")
@@ -111,6 +134,8 @@ def auxk_loss(sae: SAE, x: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor,
     e = (x - recon).detach()  # (n, d_in)
     top = pre.masked_fill(~dead, float("-inf")).topk(min(k_aux, n_dead), dim=-1)
     acts = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))  # (n, d_sae)
+    if sae.rescale_acts_by_decoder_norm:  # ranked by pre·||W_dec,i||, decoded as `decode` does
+        acts = acts / sae.W_dec.norm(dim=-1)  # (n, d_sae)
     e_hat = acts @ sae.W_dec  # (n, d_in), no bias: the residual has none
     total = (e - e.mean(0)).pow(2).sum().clamp_min(torch.finfo(e.dtype).tiny)
     return scale * (e_hat - e).pow(2).sum() / total
@@ -134,6 +159,10 @@ class BatchTopKSAE(SAE):
     def __init__(self, d_in: int, d_sae: int, k: int, threshold_lr: float = 0.01):
         super().__init__(d_in, d_sae, "jumprelu", k=k)
         self.threshold_lr = threshold_lr
+
+    def _fold_threshold(self, norms: torch.Tensor, rescaled: bool) -> None:
+        if not rescaled:
+            self.threshold *= norms
 
     def train_activate(self, pre: torch.Tensor) -> torch.Tensor:
         acts = torch.relu(pre)  # (n, d_sae)
@@ -223,6 +252,10 @@ class JumpReLUSAE(SAE):
         else:
             per_latent = _StepFn.apply(pre, self.threshold, self.bandwidth)  # (n, d_sae)
         return per_latent.sum(-1).mean() / self.d_in
+
+    def _fold_threshold(self, norms: torch.Tensor, rescaled: bool) -> None:
+        if not rescaled:
+            self.log_threshold += norms.to(torch.float64).log()
 
     def _set_tensor(self, name: str, value: torch.Tensor) -> None:
         if name == "threshold":  # SAELens treats θ <= 0 as 0 (ReLU first), so clamping keeps outputs

@@ -63,8 +63,8 @@ class ReferenceStep:
     the fast step on the CPU cuts the whole batch) and the ranks average its threshold."""
 
     def __init__(self, module: SAE, lr: float, betas: tuple[float, float], eps: float, aux_coefficient: float,
-                 world: World | None = None):
-        self.module, self.aux = module.train(), aux_coefficient
+                 world: World | None = None, grad_clip: float | None = None):
+        self.module, self.aux, self.clip = module.train(), aux_coefficient, grad_clip
         self.world = world or World()
         self.opt = torch.optim.Adam(module.param_groups(lr), betas=betas, eps=eps, foreach=False)
         self.base = [group["lr"] for group in self.opt.param_groups]
@@ -84,6 +84,10 @@ class ReferenceStep:
                     p.grad = torch.zeros_like(p)
             self.world.sum_(*(p.grad for p in params))
         self.module.remove_parallel_grads_()
+        if self.clip is not None:
+            total, n_all = batch_moments(x.detach(), self.world)
+            clip_gradients([p.grad for p in self.module.parameters() if p.grad is not None], self.clip,
+                           float(total) / n_all)
         for group, base in zip(self.opt.param_groups, self.base, strict=True):
             group["lr"] = base * lr_scale
         self.opt.step()
@@ -127,6 +131,16 @@ class ReferenceStep:
         self.module.eval()
 
 
+def clip_gradients(grads: list[torch.Tensor], clip: float, units: float) -> None:
+    """Scale the gradients down so that their global norm, in SAELens's units (the gradient of the
+    per-token summed squared error, `units` = the batch's total variance per token times the FVU
+    gradient), is at most `clip`, as SAELens's `clip_grad_norm_(..., 1.0)` does."""
+    norm = float(torch.stack([torch.linalg.vector_norm(g).double() for g in grads]).norm()) * units
+    if norm > clip:
+        for g in grads:
+            g.mul_(clip / norm)
+
+
 # --- sparse products ------------------------------------------------------------------------------
 def row_dots(idx: torch.Tensor, g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """out[b, j] = g[b] · W[idx[b, j]]: the product g W^T sampled at c entries per row (SDDMM),
@@ -154,13 +168,16 @@ class Scatter:
 
 
 def aux_gradients(params: list[torch.Tensor], pre: torch.Tensor, xc: torch.Tensor, err: torch.Tensor,
-                  dead: torch.Tensor, aux: float, k_aux: int, dense_aux: float, world: World | None = None) -> None:
+                  dead: torch.Tensor, aux: float, k_aux: int, dense_aux: float, world: World | None = None,
+                  norms: torch.Tensor | None = None) -> None:
     """AuxK as `auxk_loss` defines it (the top k_aux dead latents of each token reconstruct the
     residual), its gradients added to those of params = [W_enc^T, b_enc, W_dec, b_dec]. k_aux = d_in/2
     codes a token is too many for gathers to beat BLAS, so while the dead are few (up to `dense_aux`
     x k_aux) the codes stay dense over the dead columns and every product is a matmul; beyond that,
     sparse. err (n, d) is recon - x; xc (n, d) is x - b_dec; pre (n, d_sae). Under data parallelism the
-    residual's total variance is the global batch's (`world`); the caller reduces the gradients."""
+    residual's total variance is the global batch's (`world`); the caller reduces the gradients.
+    With `norms` (m,), the decoder-norm rescaling: `pre` holds pre·norms, which ranks the dead, and
+    each code is that over its norm (the encoder's own pre-activation) on the free-norm decoder row."""
     Wt, be, Wd, _ = params
     dead_idx = dead.nonzero().squeeze(1)  # (n_dead,)
     n_dead = dead_idx.numel()
@@ -174,6 +191,8 @@ def aux_gradients(params: list[torch.Tensor], pre: torch.Tensor, xc: torch.Tenso
         if ka < n_dead:  # keep each token's top ka
             top = candidates.topk(ka, dim=1, sorted=False)
             a_acts = torch.zeros_like(candidates).scatter_(1, top.indices, top.values.clamp_min(0))
+        if norms is not None:
+            a_acts /= norms[dead_idx]
         W_dead = Wd.index_select(0, dead_idx)  # (n_dead, d)
         g_e = (a_acts @ W_dead).sub_(residual).mul_(coef)  # (n, d)
         g_apre = (g_e @ W_dead.T).mul_(a_acts > 0)  # (n, n_dead)
@@ -184,6 +203,8 @@ def aux_gradients(params: list[torch.Tensor], pre: torch.Tensor, xc: torch.Tenso
     a_vals, a_pos = candidates.topk(ka, dim=1, sorted=False)  # (n, ka)
     a_idx = dead_idx[a_pos]  # (n, ka) latent ids
     a_acts = a_vals.clamp_min(0)  # (n, ka)
+    if norms is not None:
+        a_acts /= norms[a_idx]
     g_e = F.embedding_bag(a_idx, Wd, per_sample_weights=a_acts, mode="sum").sub_(residual).mul_(coef)  # (n, d)
     g_apre = row_dots(a_idx, g_e, Wd).mul_(a_vals > 0)  # (n, ka)
     tokens = torch.arange(pre.shape[0]).repeat_interleave(ka)  # (n ka,)

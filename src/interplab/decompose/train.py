@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import Field
@@ -35,9 +35,10 @@ from interplab import ui
 from interplab.config import Config
 from interplab.decompose.base import create
 from interplab.parallel import World
-from interplab.decompose.sae import SAE, SAEDecomposer
+from interplab.decompose.sae import SAE, BatchTopKSAE, ReLUSAE, SAEDecomposer, TopKSAE
 from interplab.decompose.fast import FastStep
 from interplab.decompose.steps import ReferenceStep
+from interplab.decompose.timing import RunEstimate
 from interplab.decompose.streams import Stream, generator, make_stream
 from interplab.errors import UserError
 from interplab.runtime import device
@@ -67,6 +68,15 @@ class TrainConfig(Config):
     decay: float = Field(default=0.2, ge=0, le=1)
     """Fraction of the steps, at the end, over which the learning rate falls linearly to lr/D at the
     last step. Warm-up and decay need a known number of steps; an iterable without `steps` gets neither."""
+    decoder_norm: Literal["unit", "free"] | None = None
+    """'unit': decoder rows held at norm 1, the gradient along each row removed (Gao et al.,
+    sparsify); 'free': rows of any norm, TopK and BatchTopK ranking pre-activations times the row
+    norm (SAELens's `rescale_acts_by_decoder_norm`), folded into the encoder at the end so the saved
+    rows are unit; None: the architecture's default (`SAE.default_decoder_norm`: free for ReLU,
+    whose L1 it weights; unit for TopK, BatchTopK and JumpReLU)."""
+    grad_clip: float | None = Field(default=None, gt=0)
+    """Clip the gradient's global norm at this, in SAELens's units (the gradient of the per-token
+    summed squared error on normalised inputs), before Adam; SAELens clips at 1. None: no clipping."""
     aux_coefficient: float = Field(default=1 / 32, ge=0)
     """Weight of the AuxK loss (TopK, BatchTopK) that trains dead latents on the residual."""
     dead_tokens: int | None = Field(default=None, ge=1)
@@ -245,7 +255,8 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
     module.to(dev)
     on_cpu = dev.type == "cpu"
     kind = FastStep if cfg.fast and on_cpu and FastStep.applies(module) else ReferenceStep
-    step_fn = kind(module, lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.aux_coefficient, world)
+    step_fn = kind(module, lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.aux_coefficient, world,
+                   cfg.grad_clip)
     loop = _Loop(0, cfg.sparsity_coefficient, 0.0, torch.zeros(module.d_sae, dtype=torch.long))
     identity = _identity(module, cfg, scale)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -253,6 +264,7 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
         _resume(folder, step_fn, loop, identity)
     warm = max(1.0, cfg.sparsity_warmup * (total or 1000))
     bar = ui.progress(f"train {label}", total) if world.main else contextlib.nullcontext(lambda *a, **k: None)
+    estimate = RunEstimate(loop.step, total, label, cfg.device, world)
     with bar as advance:
         advance(loop.step)
         while total is None or loop.step < total:
@@ -272,6 +284,7 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
             if cfg.target_l0 is not None and ramp >= 1.0:
                 loop.coef = steer(loop.coef, loop.ema_l0, cfg.target_l0)
             loop.step += 1
+            estimate.after_step(loop.step)
             if loop.step % cfg.log_every == 0 or loop.step == total:
                 dead = float((loop.since >= dead_tokens).float().mean())
                 advance(1, fvu=float(out.fvu), l0=l0, dead=dead)
@@ -310,9 +323,21 @@ def _train_module(module: SAE, stream: Stream, cfg: TrainConfig, checkpoint_dir:
         module.init_(mean * scale, generator(cfg.seed, -1))
     else:
         module.fold_scale_(1 / scale)  # the given weights act on raw inputs: express them in scaled units
+    free = _set_decoder_norm(module, cfg.decoder_norm or module.default_decoder_norm)
     train(module, stream, cfg, scale, checkpoint_dir, label, stop_after)
     module.fold_scale_(scale)
+    if free:
+        module.fold_decoder_norm_()
     return module
+
+
+def _set_decoder_norm(module: SAE, choice: str) -> bool:
+    """Apply TrainConfig.decoder_norm to `module`; True when its norms are to be folded at the end."""
+    module.unit_decoder = choice == "unit"
+    if choice == "unit" or isinstance(module, ReLUSAE):
+        return False
+    module.rescale_acts_by_decoder_norm = isinstance(module, (TopKSAE, BatchTopKSAE))
+    return True
 
 
 def train_sae(sae: SAE | SAEDecomposer | str, data: Any, cfg: TrainConfig | dict[str, Any] | None = None,
