@@ -79,6 +79,8 @@ def compute_figure(metrics: dict[str, Any]) -> Figure | None:
             ax.plot(c["ns"], c["log10_fraction"], marker=".", color=_color(method.split("#")[0]), label=method,
                     alpha=0.6 if "#" in method else 1.0)
         ax.axhline(-2, color="k", ls="--", lw=0.8)
+        lad = metrics[key]["ladder"]
+        ax.axhline(np.log10(lad["c_min"] / lad["c_model"]), color="gray", ls=":", lw=0.8, label="ladder floor")
         ax.set_xscale("log", base=2)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("features read, n")
@@ -117,6 +119,8 @@ def shares_figure(metrics: dict[str, Any]) -> Figure:
             ax.plot([i - 0.3, i + 0.3], [np.median(y)] * 2, color="k")
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
         ax.set_yscale("symlog", linthresh=1e-4)
+        every = np.concatenate([np.asarray(v) for v in groups.values()]) if groups else np.zeros(1)
+        ax.set_ylim(min(every.min() * 1.5, -1e-5), max(every.max() * 1.5, 0.02))
         ax.axhline(0.01, color="k", ls="--", lw=0.8)
         ax.set_title(key, fontsize=9)
         ax.set_ylabel("single-feature share of the gap")

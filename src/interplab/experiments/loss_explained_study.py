@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from interplab import ui
-from interplab.decompose import create
+from interplab.decompose import DECOMPOSITIONS, create
+from interplab.decompose.sae import SAEDecomposer
+from interplab.errors import UserError
 from interplab.metrics.compute import Ladder, LadderPoint, fit_ladder
 from interplab.metrics.feature_basis import Basis
 from interplab.metrics.loss_curve import LossCurve, Splits, boot_sums, fractions, loss_curves
@@ -73,6 +75,9 @@ def fit_methods(study: Study, cfg: Any) -> tuple[dict[str, Any], dict[str, float
     if study.neurons:
         todo["identity"] = lambda: create("identity").fit(study.train)
     for name in cfg.extra_methods:
+        if name != "ica" and not issubclass(DECOMPOSITIONS.get(name), SAEDecomposer):
+            raise UserError(f"extra_methods takes 'ica' and SAE names, not '{name}' (PCA, random directions and "
+                            "neurons are always run)")
         if name == "ica":
             todo["ica"] = lambda: create("ica", seed=cfg.seed, max_samples=cfg.ica_max_samples).fit(study.train)
         else:
