@@ -34,10 +34,11 @@ def _reference(subject: Subject, site: str, x: torch.Tensor, rows: torch.Tensor)
 
 
 @pytest.fixture(scope="module")
-def chartf(tmp_path_factory: pytest.TempPathFactory) -> Subject:
+def chartf(tmp_path_factory: pytest.TempPathFactory, text_folder: Path) -> Subject:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("INTERPLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        return load_subject("chartf", n_layers=2, d_model=16, d_mlp=32, context=12, steps=5, max_chars=20_000)
+        return load_subject("chartf", n_layers=2, d_model=16, d_mlp=32, context=12, steps=5, text=str(text_folder),
+                            max_chars=10_000)
 
 
 @pytest.mark.parametrize("site", ["resid_post.0", "mlp_hidden.1", "attn_out.1"])
