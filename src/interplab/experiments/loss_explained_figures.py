@@ -160,8 +160,15 @@ def summarise(verdicts: list[Verdict], metrics: dict[str, Any]) -> str:
         s = m.get("sae")
         pca = m["methods"].get("pca")
         if s and pca:
-            lines.append(f"{key}: SAE n50={s.get('n50')} (PCA {pca['n50']}), full SAE recovers "
-                         f"{s['recon_frac']:.3g} of the gap")
-    counted = [v for v in verdicts if v.status == "counted"]
-    lines.append(f"{len(counted)} of {len(verdicts)} verdicts counted (controls passed).")
+            lines.append(f"{key}: 50% of the loss gap with n={s.get('n50')} SAE latents (PCA: {pca['n50']} components); "
+                         f"the whole SAE recovers {s['recon_frac']:.3g} of it")
+    findings = [v for v in verdicts if v.status != "harness check"]
+    by_crux: dict[str, dict[str, list[str]]] = {}
+    for v in findings:
+        word = v.verdict if v.status == "counted" else v.status
+        by_crux.setdefault(v.crux, {}).setdefault(word, []).append(v.subject or "")
+    for crux, words in by_crux.items():
+        lines.append(f"{crux}: " + "; ".join(f"{w} on {', '.join(subjects)}" for w, subjects in words.items()))
+    counted = sum(v.status == "counted" for v in findings)
+    lines.append(f"{counted} of {len(findings)} findings counted (their planted controls passed).")
     return "\n".join(lines)
