@@ -144,3 +144,21 @@ def test_user_errors_are_one_line(quiet_single_thread: None, tmp_cache: Path) ->
         loss_curve(pca, load_subject("synthetic", d=24), "hidden")
     with pytest.raises(UserError, match="not a int"):
         loss_curve(3, subject, "hidden")
+
+
+@pytest.mark.parametrize("name", ["identity", "random", "pca", "ica", "sae-relu", "sae-topk", "sae-batchtopk",
+                                  "sae-jumprelu"])
+def test_every_registered_decomposition_goes_on_the_curve(name: str, quiet_single_thread: None,
+                                                          tmp_cache: Path) -> None:
+    from interplab.decompose import DECOMPOSITIONS
+    from interplab.decompose.sae import SAEDecomposer
+
+    subject = _readout(K=48, steps=50)  # 48 features in 24 dims: a full-rank site (ICA needs one)
+    rows = harvest_rows(subject, ["hidden"], 2048, 0, 2048, cached=False)["hidden"]
+    extra = {"width": 48, "steps": 10, "batch_size": 256, "k": 4} if issubclass(DECOMPOSITIONS.get(name),
+                                                                               SAEDecomposer) else {}
+    dec = create(name, **extra).fit(rows)
+    s = loss_curve(dec, subject, "hidden", score_batches=2, batch_size=128, singles=2).summary(20)
+    assert s["ns"][-1] == dec.n_components_ and all(np.isfinite(s["frac_mean"]))
+    if name in ("identity", "random", "pca", "ica"):  # full-rank linear bases rebuild the site exactly
+        assert s["frac_mean"][-1] == pytest.approx(1.0, abs=1e-3)
