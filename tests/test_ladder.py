@@ -68,7 +68,7 @@ def test_the_compute_equivalent_of_a_rung_is_its_own_compute() -> None:
         ladder = fit_ladder(points, n_draws=100)
         for p in points:
             eq = compute_equivalent(p.loss, ladder, p.loss_se, n_draws=500)
-            hits += eq.ci[0] <= math.log10(p.compute / ladder.c_model) <= eq.ci[1]
+            hits += eq.ci[0] - 1e-9 <= math.log10(p.compute / ladder.c_model) <= eq.ci[1] + 1e-9
             total += 1
     assert hits / total >= 0.95
 
@@ -76,6 +76,7 @@ def test_the_compute_equivalent_of_a_rung_is_its_own_compute() -> None:
 @pytest.mark.slow
 def test_a_chartf_ladder_trains_and_its_rungs_read_as_their_own_compute(quiet_single_thread: None,
                                                                         tmp_cache: Path) -> None:
+    """Real English text (a few repeated sentences would be memorised, not learnt with a power law)."""
     cfg = LadderConfig(rungs=[Rung(d_model=d, n_layers=1) for d in (8, 12, 16, 24, 32, 40)], context=16,
                        tokens_per_param=8, max_chars=200_000)
     subjects = [rung_subject(cfg, i) for i in range(6)]
@@ -91,4 +92,4 @@ def test_a_chartf_ladder_trains_and_its_rungs_read_as_their_own_compute(quiet_si
     ladder = fit_ladder(points)
     for p in points:
         eq = compute_equivalent(p.loss, ladder, p.loss_se)
-        assert eq.ci[0] <= math.log10(p.compute / ladder.c_model) <= eq.ci[1], (p, eq)
+        assert eq.ci[0] - 1e-9 <= math.log10(p.compute / ladder.c_model) <= eq.ci[1] + 1e-9, (p, eq)

@@ -126,13 +126,15 @@ Value = Callable[[dict[str, dict[str, np.ndarray]], str, np.ndarray | None], np.
 
 def refit_evidence(result: StudyResult, value: Value, fits: list[str], null: float, how: str, cfg: Any,
                    extra: dict[str, Any] | None = None) -> Evidence:
-    """value(sums by method, fit, theta) over `fits`, with a t interval over them and the paired batch
-    bootstrap's variance of their mean (each resample with its own draw of the ladder's parameters)."""
+    """value(sums by method, fit, draw) over `fits`, with a t interval over them and the paired batch
+    bootstrap's variance of their mean (each resample with its own draw of the ladder's parameters
+    and of one model's scatter about the law; `draw` is None for the pooled value)."""
     pooled = {m: {k: np.asarray(v).sum(0) for k, v in c.batches.items()} for m, c in result.curves.items()}
     boots = {m: boot_sums(c.batches, cfg.n_boot, cfg.seed) for m, c in result.curves.items()}
     theta = result.ladder.draws(cfg.n_boot, cfg.seed) if result.ladder is not None else None
+    noise = result.ladder.loss_noise(cfg.n_boot, cfg.seed) if result.ladder is not None else None
     values = [float(value(pooled, f, None)) for f in fits]
-    reps = np.mean([np.asarray(value(boots, f, theta), dtype=float) for f in fits], axis=0)  # (n_boot,)
+    reps = np.mean([np.asarray(value(boots, f, (theta, noise)), dtype=float) for f in fits], axis=0)  # (n_boot,)
     reps = reps[np.isfinite(reps)]
     var = float(reps.var(ddof=1)) if reps.size > 1 else 0.0
     n_fits = "one fit" if len(fits) == 1 else f"{len(fits)} SAE refits"
@@ -202,14 +204,17 @@ def compute_evidence(result: StudyResult, which: str, method: str, cfg: Any) -> 
         return None
     ladder = result.ladder
 
-    def value(s: dict[str, dict[str, np.ndarray]], fit: str, theta: np.ndarray | None) -> np.ndarray:
+    def value(s: dict[str, dict[str, np.ndarray]], fit: str, draw: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
         curve, t = result.curves[fit], s[fit]
         if which == "n64":
             n = min(64, curve.width)
             loss = np.asarray(t["curve"])[..., _at(curve, n)] / np.asarray(t["n"])
         else:
             loss = np.asarray(t["recon"])[..., 0] / np.asarray(t["n"])
-        return ladder.log10_fraction(loss, theta)[0]
+        if draw is None:
+            return ladder.log10_fraction(loss)[0]
+        theta, noise = draw  # the ladder's parameters and one model's scatter about the law, per resample
+        return ladder.log10_fraction(loss + noise, theta)[0]
 
     how = "log10 C_eq/C_model at n = min(64, width)" if which == "n64" else "log10 C_eq/C_model of the full reconstruction"
     wheres = [int(ladder.log10_fraction(_reading_loss(result, f, which))[1]) for f in fits]

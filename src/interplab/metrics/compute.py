@@ -16,7 +16,9 @@ given). The ladder's range [C_min, C_max] is never left: a loss worse than the f
 smallest rung is "below" the ladder and reported at C_min (the fraction is then at most
 C_min / C_model: an upper bound), one better than the top rung (or below c) is "above" and
 reported at C_max. CIs (on log10 of the fraction) come from the bootstrap draws, with the loss
-itself drawn from N(L, se^2), each draw clamped the same way.
+itself drawn from N(L, se^2 + scatter^2), scatter being the rungs' RMS residual about the law (a
+model of the family lies that far from the curve: a prediction interval, not only the curve's
+confidence interval), each draw clamped the same way.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class Ladder:
     boot: np.ndarray
     c_top: float
     c_model: float
+    scatter: float = 0.0
+    """RMS residual of the rungs about the law (dof-corrected): how far one model of the family lies
+    from the curve, added to every loss converted (a prediction interval, not only the curve's)."""
 
     @property
     def c_min(self) -> float:
@@ -72,6 +77,10 @@ class Ladder:
         if len(self.boot) == 0:
             return np.full((n, 3), np.nan)
         return self.boot[np.random.default_rng(seed).integers(0, len(self.boot), n)]
+
+    def loss_noise(self, n: int, seed: int = 0) -> np.ndarray:
+        """n draws (n,) of one model's deviation from the law, N(0, scatter^2)."""
+        return self.scatter * np.random.default_rng(seed + 7).standard_normal(n)
 
     def log10_fraction(self, loss: Any, theta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """log10(C_eq / C_model) clamped to the ladder, and where (-1 below, 0 inside, 1 above).
@@ -92,7 +101,7 @@ class Ladder:
     def to_dict(self) -> dict[str, Any]:
         a, b, c = (float(v) for v in self.theta)
         se = self.boot.std(0, ddof=1) if len(self.boot) > 1 else np.full(3, np.nan)
-        return {"law": "L(C) = a (C / C_top)^-b + c, a = L_top - c", "a": a, "b": b, "c": c, "se": se.tolist(), "c_top": self.c_top,
+        return {"law": "L(C) = a (C / C_top)^-b + c, a = L_top - c", "scatter": self.scatter, "a": a, "b": b, "c": c, "se": se.tolist(), "c_top": self.c_top,
                 "c_model": self.c_model, "c_min": self.c_min, "c_max": self.c_max,
                 "points": [{"name": p.name, "compute": p.compute, "loss": p.loss, "loss_se": p.loss_se,
                             "fit": float(self.loss_at(p.compute)), **p.info} for p in self.points]}
@@ -149,7 +158,9 @@ def fit_ladder(points: list[LadderPoint], model_compute: float | None = None, n_
         t = _fit(C, Lb, w, c_top, float(Lb[top]))
         if t is not None:
             draws.append(t)
-    return Ladder(list(points), theta, np.array(draws).reshape(-1, 3), c_top, float(model_compute or c_top))
+    resid = np.delete(L - fit, top)  # the top rung's residual is 0 by construction
+    scatter = float(np.sqrt(np.sum(resid**2) / max(1, len(resid) - 2)))
+    return Ladder(list(points), theta, np.array(draws).reshape(-1, 3), c_top, float(model_compute or c_top), scatter)
 
 
 class ComputeEquivalent(NamedTuple):
@@ -172,7 +183,7 @@ def compute_equivalent(loss: float, ladder: Ladder, loss_se: float = 0.0, n_draw
     value, where = ladder.log10_fraction(loss)
     rng = np.random.default_rng(seed + 1)
     thetas = ladder.draws(n_draws, seed)  # (n_draws, 3)
-    losses = loss + loss_se * rng.standard_normal(n_draws)
+    losses = loss + loss_se * rng.standard_normal(n_draws) + ladder.loss_noise(n_draws, seed)
     reps, _ = ladder.log10_fraction(losses, thetas)
     reps = reps[np.isfinite(reps)]
     ci = (float(np.quantile(reps, 0.025)), float(np.quantile(reps, 0.975))) if reps.size else (math.nan, math.nan)
