@@ -70,7 +70,7 @@ def toy_study(name: str, cfg: Any) -> Study:
         for s in LADDER_STEPS:
             r = toy_config(name, s)
             rungs.append((f"{s} steps", build(r), readout_flops(r)[2]))
-    return Study(f"control:{name}", subject, "hidden", rows, splits, truth, rungs)
+    return Study(f"control/{name}", subject, "hidden", rows, splits, truth, rungs)
 
 
 def toy_result(name: str, cfg: Any) -> StudyResult:
