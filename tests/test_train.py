@@ -16,7 +16,8 @@ import torch
 import interplab.decompose as D
 from interplab import ui
 from interplab.decompose.sae import BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
-from interplab.decompose.steps import FastTopKStep, ReferenceStep
+from interplab.decompose.fast import DENSE_FRACTION, FastStep
+from interplab.decompose.steps import ReferenceStep
 from interplab.decompose.streams import IterStream, StoreStream, TensorStream
 from interplab.decompose.train import TrainConfig, load_checkpoint, lr_scale, train_sae
 from interplab.errors import UserError
@@ -49,7 +50,7 @@ def test_fast_step_matches_reference_step(n_dead):
     sae = TopKSAE(16, 64, k=4).double()
     sae.init_(torch.zeros(16, dtype=torch.float64), torch.Generator().manual_seed(1))
     ref_sae = copy.deepcopy(sae)
-    fast = FastTopKStep(sae, 1e-2, (0.9, 0.999), 1e-8, aux_coefficient=0.5)
+    fast = FastStep(sae, 1e-2, (0.9, 0.999), 1e-8, aux_coefficient=0.5)
     ref = ReferenceStep(ref_sae, 1e-2, (0.9, 0.999), 1e-8, aux_coefficient=0.5)
     dead = torch.zeros(64, dtype=torch.bool)
     # k_aux = 8: 5 dead scale AuxK down; up to 32 dead AuxK is dense over the dead columns, beyond sparse
@@ -64,17 +65,71 @@ def test_fast_step_matches_reference_step(n_dead):
         assert torch.allclose(getattr(sae, name), getattr(ref_sae, name), rtol=1e-9, atol=1e-12), name
 
 
+def _pair(module, aux: float = 0.5, lr: float = 1e-2):
+    module.init_(torch.zeros(module.d_in, dtype=torch.float64), torch.Generator().manual_seed(1))
+    ref_module = copy.deepcopy(module)
+    return (module, FastStep(module, lr, (0.9, 0.999), 1e-8, aux_coefficient=aux),
+            ref_module, ReferenceStep(ref_module, lr, (0.9, 0.999), 1e-8, aux_coefficient=aux))
+
+
+def _agree(module, fast, ref_module, ref, coef: float, dead: torch.Tensor, steps: int = 6, scale: float = 2.0):
+    for i in range(steps):
+        x = planted(200, m=48, d=16, seed=i).double() * scale  # (200, 16)
+        a, b = fast(x, dead, 0.5 + 0.1 * i, coef), ref(x, dead, 0.5 + 0.1 * i, coef)
+        assert torch.allclose(a.fvu, b.fvu, rtol=1e-12), i
+        assert torch.equal(a.l0, b.l0) and torch.equal(a.fired, b.fired), i
+    fast.finish()
+    names = WEIGHTS + (("log_threshold",) if isinstance(module, JumpReLUSAE) else ("threshold",)
+                       if isinstance(module, BatchTopKSAE) else ())
+    for name in names:
+        assert torch.allclose(getattr(module, name), getattr(ref_module, name), rtol=1e-9, atol=1e-12), name
+
+
+@pytest.mark.parametrize("n_dead", [0, 5, 40])
+def test_fast_batchtopk_step_matches_reference_step(n_dead):
+    torch.manual_seed(0)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[torch.randperm(64)[:n_dead]] = True
+    _agree(*_pair(BatchTopKSAE(16, 64, k=4).double()), coef=0.0, dead=dead)
+
+
+@pytest.mark.parametrize(("coef", "scale"), [(0.0, 2.0), (3.0, 2.0), (30.0, 6.0)])
+def test_fast_jumprelu_step_matches_reference_step(coef, scale, monkeypatch):
+    """The thresholds' straight-through gradients (reconstruction and L0) included; both the sparse
+    and the dense path (the share of entries near or above θ decides which runs)."""
+    sae = JumpReLUSAE(16, 64, bandwidth=0.5, init_threshold=0.3, threshold_lr_scale=5.0).double()
+    dead = torch.zeros(64, dtype=torch.bool)
+    _agree(*_pair(sae, aux=0.0), coef=coef, dead=dead, scale=scale)
+    monkeypatch.setattr("interplab.decompose.fast.DENSE_FRACTION", 1.01)  # the sparse path whatever the density
+    sae = JumpReLUSAE(16, 64, bandwidth=0.5, init_threshold=0.3, threshold_lr_scale=5.0).double()
+    _agree(*_pair(sae, aux=0.0), coef=coef, dead=dead, scale=scale)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("coef", [0.0, 5.0])
+def test_fast_relu_step_matches_reference_step(coef, sparse, monkeypatch):
+    """The L1 penalty weighted by the decoder norms (and its gradient into the decoder) included."""
+    if sparse:
+        monkeypatch.setattr("interplab.decompose.fast.DENSE_FRACTION", 1.01)
+    dead = torch.ones(64, dtype=torch.bool)  # ReLU SAEs have no AuxK: dead latents change nothing
+    _agree(*_pair(ReLUSAE(16, 64).double(), aux=0.5), coef=coef, dead=dead)
+
+
 def test_fast_path_is_taken_only_where_it_applies():
-    assert FastTopKStep.applies(TopKSAE(4, 8, 2))
-    assert not FastTopKStep.applies(BatchTopKSAE(4, 8, 2)) and not FastTopKStep.applies(ReLUSAE(4, 8))
+    assert FastStep.applies(TopKSAE(4, 8, 2)) and FastStep.applies(BatchTopKSAE(4, 8, 2))
+    assert FastStep.applies(ReLUSAE(4, 8)) and FastStep.applies(JumpReLUSAE(4, 8))
+    assert not FastStep.applies(JumpReLUSAE(4, 8, sparsity="tanh"))  # the tanh penalty: autograd
     rescaled = TopKSAE(4, 8, 2, rescale_acts_by_decoder_norm=True)
-    assert not FastTopKStep.applies(rescaled)
+    assert not FastStep.applies(rescaled)
+    assert 0 < DENSE_FRACTION < 1
 
 
-def test_fast_and_reference_training_end_close():
+@pytest.mark.parametrize("name", ["sae-topk", "sae-batchtopk", "sae-jumprelu", "sae-relu"])
+def test_fast_and_reference_training_end_close(name):
+    """float32 training over 60 steps: the two steps differ only by rounding, so they end close."""
     x = planted(2048, seed=3)
-    fast = D.create("sae-topk", k=4, width=64, steps=60, batch_size=128).fit(x)
-    slow = train_sae(D.create("sae-topk", k=4, width=64, steps=60, batch_size=128), x, {"fast": False})
+    fast = D.create(name, k=4, width=64, steps=60, batch_size=128).fit(x)
+    slow = train_sae(D.create(name, k=4, width=64, steps=60, batch_size=128), x, {"fast": False})
     assert abs(float(fast.forward(x).fvu) - float(slow.forward(x).fvu)) < 0.02
 
 
@@ -91,7 +146,7 @@ def test_device_setting_trains_on_the_cpu_and_refuses_a_missing_gpu():
 
 
 # --- resume after a kill ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["sae-topk", "sae-batchtopk", "sae-jumprelu"])
+@pytest.mark.parametrize("name", ["sae-topk", "sae-batchtopk", "sae-jumprelu", "sae-relu"])
 def test_resume_after_stop_gives_identical_weights(name, tmp_path):
     """Stop after 17 steps (last checkpoint at 14), resume from the folder: the final weights equal
     those of an uninterrupted run bit for bit (AuxK, thresholds and the L0 controller included)."""

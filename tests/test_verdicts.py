@@ -75,19 +75,32 @@ def test_bootstrap_p_and_interval() -> None:
     assert units.statistic == 0.5 and units.ci[0] > 0.35 and units.p < 0.01
 
 
+PROBE = Crux(id="probe", experiment="tests", question="probe: does the statistic exceed 0?", claim="it does",
+             statistic="a number", null="0", direction="higher", unit="draws", positive_control="planted yes",
+             negative_control="planted no", family="probe")
+
+
+@pytest.fixture(autouse=True)
+def _probe_crux(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A primary crux of the tests' own, so they do not depend on the catalog's current definitions."""
+    get("1a")  # the catalog first: the probe must not be overwritten by its import
+    monkeypatch.setitem(CRUXES._entries, "probe", PROBE)
+    monkeypatch.setitem(CRUXES._help, "probe", PROBE.question)
+
+
 def _ev(lo: float, hi: float, null: float = 0.0) -> Evidence:
     return Evidence((lo + hi) / 2, (lo, hi), 0.01, null, "test")
 
 
 def test_status_follows_the_controls_not_the_result() -> None:
     good_pos, good_neg = _ev(1, 2), _ev(-1, 1)
-    assert judge("2a", _ev(0.1, 0.2), "s", good_pos, good_neg).status == COUNTED
-    assert judge("2a", _ev(-0.3, -0.1), "s", good_pos, good_neg).status == COUNTED  # a loss counts too
-    failed_pos = judge("2a", _ev(0.1, 0.2), "s", _ev(-1, 1), good_neg)
+    assert judge("probe", _ev(0.1, 0.2), "s", good_pos, good_neg).status == COUNTED
+    assert judge("probe", _ev(-0.3, -0.1), "s", good_pos, good_neg).status == COUNTED  # a loss counts too
+    failed_pos = judge("probe", _ev(0.1, 0.2), "s", _ev(-1, 1), good_neg)
     assert failed_pos.status == UNCALIBRATED and failed_pos.verdict == "supported"
     assert not failed_pos.controls["positive"]["passed"]
-    assert judge("2a", _ev(0.1, 0.2), "s", good_pos, _ev(0.5, 1)).status == UNCALIBRATED  # negative "supported"
-    assert judge("2a", _ev(0.1, 0.2), "s").status == UNCALIBRATED  # no controls run
+    assert judge("probe", _ev(0.1, 0.2), "s", good_pos, _ev(0.5, 1)).status == UNCALIBRATED  # negative "supported"
+    assert judge("probe", _ev(0.1, 0.2), "s").status == UNCALIBRATED  # no controls run
     assert judge("2b-planted", exact(4.0, 1.0), "s").status == HARNESS
     assert judge("1a-frac", _ev(0.1, 0.2), "s", good_pos, good_neg).status == SUPERSEDED
 
@@ -95,10 +108,10 @@ def test_status_follows_the_controls_not_the_result() -> None:
 def test_below_the_minimum_scale_no_verdict_is_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     from dataclasses import replace
 
-    monkeypatch.setitem(CRUXES._entries, "2a", replace(get("2a"), min_scale="default"))
-    v = judge("2a", _ev(0.1, 0.2), "s", _ev(1, 2), _ev(-1, 1), scale="small")
+    monkeypatch.setitem(CRUXES._entries, "probe", replace(PROBE, min_scale="default"))
+    v = judge("probe", _ev(0.1, 0.2), "s", _ev(1, 2), _ev(-1, 1), scale="small")
     assert v.status == NEEDS_SCALE and v.verdict == NEEDS_SCALE and v.raw_verdict == "supported"
-    assert judge("2a", _ev(0.1, 0.2), "s", _ev(1, 2), _ev(-1, 1), scale="default").status == COUNTED
+    assert judge("probe", _ev(0.1, 0.2), "s", _ev(1, 2), _ev(-1, 1), scale="default").status == COUNTED
 
 
 def test_direction_lower_flips_the_word() -> None:
@@ -108,7 +121,7 @@ def test_direction_lower_flips_the_word() -> None:
 
 def test_holm_matches_the_step_down_rule() -> None:
     ps = [0.01, 0.04, 0.03, 0.20]
-    vs = [judge("2a", Evidence(1.0, (0.5, 1.5), p, 0.0, "x"), f"s{i}") for i, p in enumerate(ps)]
+    vs = [judge("probe", Evidence(1.0, (0.5, 1.5), p, 0.0, "x"), f"s{i}") for i, p in enumerate(ps)]
     holm(vs)
     # sorted 0.01, 0.03, 0.04, 0.20 -> 0.04, 0.09, 0.09 (monotone), 0.20
     assert [v.p_holm for v in vs] == pytest.approx([0.04, 0.09, 0.09, 0.20])

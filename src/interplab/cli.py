@@ -178,6 +178,65 @@ def cruxes(
     typer.echo(f"report: {Path(index).resolve()}")
 
 
+@app.command("eval")
+def eval_(
+    path: Annotated[Path, typer.Argument(help="Folder of a saved SAE: SAELens or interplab (cfg.json + "
+                                         "sae_weights.safetensors) or one sparsify hookpoint (cfg.json + sae.safetensors).")],
+    subject: Annotated[str, typer.Option(help="Subject the SAE was trained on (see `interplab list subjects`).")],
+    site: Annotated[str, typer.Option(help="Site it reads (see `interplab list sites SUBJECT`).")],
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Subject setting key=value (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/eval/<folder name>).")] = None,
+    tokens: Annotated[int, typer.Option(help="Training-split activations: your SAE's L0, the baselines' fit.",
+                                        min=64)] = 16_384,
+    batches: Annotated[int, typer.Option(help="Held-out evaluation batches.", min=1)] = 8,
+    batch_size: Annotated[Optional[int], typer.Option(help="Model inputs per evaluation batch.", min=1)] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps of the built-in sae-topk.", min=1)] = 2000,
+    boot: Annotated[int, typer.Option(help="Bootstrap resamples of the evaluation batches.", min=0)] = 1000,
+    baselines: Annotated[bool, typer.Option(help="Score sign-split PCA and interplab's sae-topk at the same L0.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of activations, baselines and evaluation batches.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Score your own SAE on interplab's yardstick, beside PCA and the built-in SAE at the same L0."""
+    ui.set_quiet(quiet)
+    from interplab.config import build, parse_set
+    from interplab.experiments.eval_sae import EvalConfig, evaluate_folder
+    from interplab.report.terminal import print_result
+
+    cfg = build(EvalConfig, dict(subject=subject, subject_config=parse_set(sets), site=site, train_tokens=tokens,
+                                 n_batches=batches, batch_size=batch_size, sae_steps=steps, n_boot=boot,
+                                 baselines=baselines, seed=seed))
+    out = out or Path("runs") / "eval" / (path.resolve().name or "sae")
+    print_result(evaluate_folder(path, cfg, out))
+    typer.echo(f"report: {(out / 'index.html').resolve()}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A folder written by `interplab run`, `eval` or `cruxes`.")],
+    format: Annotated[str, typer.Option("--format", help="html (rebuild the pages) or md (the verdict table as "
+                                        "Markdown).")] = "html",
+    out: Annotated[Optional[Path], typer.Option(help="For --format md: the file to write ('-' for stdout; "
+                                                "default RUN_DIR/verdicts.md).")] = None,
+) -> None:
+    """Rebuild a run's HTML from its results.json, or write its verdict table as Markdown."""
+    from interplab.report.html import atomic_write
+    from interplab.report.markdown import verdicts_markdown
+    from interplab.report.runs import entries_of, rebuild
+
+    if format not in ("html", "md"):
+        raise UserError(f"--format must be 'html' or 'md', not '{format}'")
+    if format == "html":
+        typer.echo(f"report: {rebuild(run_dir).resolve()}")
+        return
+    text = verdicts_markdown(entries_of(run_dir), title=f"Verdicts of {run_dir.resolve().name}")
+    if str(out) == "-":
+        typer.echo(text, nl=False)
+        return
+    path = out or run_dir / "verdicts.md"
+    atomic_write(path, text)
+    typer.echo(f"markdown: {path.resolve()}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

@@ -9,6 +9,10 @@ Shard i always holds rows [i * shard_tokens, (i + 1) * shard_tokens) of one dete
 input batch b is drawn from a generator seeded by (seed, b). A shard is written under a temporary
 name and renamed when complete, and the manifest is rewritten atomically after every shard, so a
 harvest killed at any point resumes from the first missing shard and ends with byte-identical files.
+
+Under torchrun (several ranks, `interplab.parallel.World`) each rank harvests a contiguous range of
+shards, records them in its own `part-R-of-N.json`, and rank 0 writes the one manifest once every
+rank is done: the shards are byte-identical to a single process's, and a rerun resumes every range.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from interplab.cache import sha256_file
 from interplab.config import Config
 from interplab.errors import UserError
 from interplab.hooks import activations, capture
+from interplab.parallel import World
 from interplab.subjects.base import Subject
 
 FORMAT = "interplab-activations/1"
@@ -117,9 +122,13 @@ class _Stream:
         return next(iter(self._first.values())).shape[0]
 
 
-def harvest(subject: Subject, cfg: HarvestConfig, out: Path) -> Path:
-    """Record activations of `subject` at `cfg.sites` into shards under `out`, resuming if possible."""
+def harvest(subject: Subject, cfg: HarvestConfig, out: Path, world: World | None = None) -> Path:
+    """Record activations of `subject` at `cfg.sites` into shards under `out`, resuming if possible;
+    under torch.distributed (`world`, default: the current group) each rank writes a range of shards."""
+    world = world or World.current()
     out.mkdir(parents=True, exist_ok=True)
+    if world.size > 1:
+        return _harvest_range(subject, cfg, out, world)
     for tmp in out.glob("*.tmp"):
         tmp.unlink()
     manifest = _resume_manifest(cfg, out)
@@ -128,15 +137,28 @@ def harvest(subject: Subject, cfg: HarvestConfig, out: Path) -> Path:
     if start == n_shards:
         ui.info(f"harvest in {out} is already complete ({cfg.tokens} rows)")
         return out
-    stream = _Stream(subject, cfg)
+
+    def record(i: int, shard: dict[str, torch.Tensor]) -> None:
+        _add_record(manifest, _write_shard(out, i, shard), shard)
+        _write_json(out / "manifest.json", manifest)
+
+    _produce(_Stream(subject, cfg), cfg, range(start, n_shards), record, f"harvest {cfg.subject}", n_shards)
+    manifest["complete"] = True
+    _write_json(out / "manifest.json", manifest)
+    return out
+
+
+def _produce(stream: _Stream, cfg: HarvestConfig, shards: range, record: Any, label: str, n_shards: int) -> None:
+    """Shards `shards` of the stream, each passed to record(i, {site: rows}) as it completes."""
+    if not shards:
+        return
     per_batch = stream.rows_per_batch()
-    row = start * cfg.shard_tokens
-    b, skip = divmod(row, per_batch)
+    b, skip = divmod(shards.start * cfg.shard_tokens, per_batch)
     pending: dict[str, list[torch.Tensor]] = {}
     have = 0
-    with ui.progress(f"harvest {cfg.subject}", n_shards) as advance:
-        advance(start)
-        for i in range(start, n_shards):
+    with ui.progress(label, n_shards) as advance:
+        advance(shards.start)
+        for i in shards:
             need = _shard_rows(cfg, i)
             while have < need:
                 acts = stream.batch(b)
@@ -151,23 +173,76 @@ def harvest(subject: Subject, cfg: HarvestConfig, out: Path) -> Path:
                 shard[name], rest = cat[:need].clone(), cat[need:]
                 pending[name] = [rest]
             have -= need
-            _write_shard(out, i, shard, manifest)
+            record(i, shard)
             advance(1)
-    manifest["complete"] = True
-    _write_json(out / "manifest.json", manifest)
-    return out
 
 
-def _write_shard(out: Path, i: int, shard: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
+def _write_shard(out: Path, i: int, shard: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Write shard i atomically; its manifest record."""
     path = out / shard_name(i)
     tmp = path.with_name(path.name + ".tmp")
     save_file(shard, str(tmp), metadata={"format": FORMAT})  # one key: safetensors orders keys at random
     os.replace(tmp, path)
-    rows = next(iter(shard.values())).shape[0]
+    return {"file": path.name, "rows": next(iter(shard.values())).shape[0], "sha256": sha256_file(path)}
+
+
+def _add_record(manifest: dict[str, Any], rec: dict[str, Any], shard: dict[str, torch.Tensor]) -> None:
     if not manifest["site_shapes"]:
         manifest["site_shapes"] = {k: list(v.shape[1:]) for k, v in shard.items()}
-    manifest["shards"].append({"file": path.name, "rows": rows, "sha256": sha256_file(path)})
-    _write_json(out / "manifest.json", manifest)
+    manifest["shards"].append(rec)
+
+
+def _harvest_range(subject: Subject, cfg: HarvestConfig, out: Path, world: World) -> Path:
+    """This rank's contiguous range of shards, recorded in part-R-of-N.json; rank 0 writes the
+    manifest when every rank is done. A shard already on disk with a matching record (in any part
+    file or manifest) is kept, so a rerun resumes."""
+    if (out / "manifest.json").exists():
+        _resume_manifest(cfg, out)  # refuses a folder of another harvest
+    n_shards = -(-cfg.tokens // cfg.shard_tokens)
+    lo, hi = world.rank * n_shards // world.size, (world.rank + 1) * n_shards // world.size
+    known = _known_records(out)
+    part = {"format": FORMAT, "config": cfg.model_dump(mode="json"), "site_shapes": {}, "shards": []}
+    start = lo
+    while start < hi and _valid(out, known.get(shard_name(start)), _shard_rows(cfg, start)):
+        part["shards"].append(known[shard_name(start)])
+        start += 1
+    path = out / f"part-{world.rank:03d}-of-{world.size:03d}.json"
+
+    def record(i: int, shard: dict[str, torch.Tensor]) -> None:
+        _add_record(part, _write_shard(out, i, shard), shard)
+        _write_json(path, part)
+
+    _produce(_Stream(subject, cfg), cfg, range(start, hi), record, f"harvest {cfg.subject} (rank {world.rank})",
+             n_shards)
+    _write_json(path, part)
+    world.barrier()
+    if world.main:
+        manifest = {"format": FORMAT, "config": cfg.model_dump(mode="json"), "site_shapes": {}, "shards": [],
+                    "complete": True}
+        records = _known_records(out)
+        manifest["shards"] = [records[shard_name(i)] for i in range(n_shards)]
+        manifest["site_shapes"] = {k: list(v.shape[1:]) for k, v in  # from shard 0 itself
+                                   load_bytes((out / shard_name(0)).read_bytes()).items()}
+        _write_json(out / "manifest.json", manifest)
+    world.barrier()
+    return out
+
+
+def _known_records(out: Path) -> dict[str, dict[str, Any]]:
+    """Shard records from every part file and the manifest in `out`, by file name."""
+    found: dict[str, dict[str, Any]] = {}
+    for f in [*sorted(out.glob("part-*.json")), out / "manifest.json"]:
+        try:
+            for rec in json.loads(f.read_text()).get("shards", []):
+                found[rec["file"]] = rec
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def _valid(out: Path, rec: dict[str, Any] | None, rows: int) -> bool:
+    f = out / rec["file"] if rec else None
+    return bool(rec and f.exists() and rec.get("rows") == rows and sha256_file(f) == rec.get("sha256"))
 
 
 def _resume_manifest(cfg: HarvestConfig, out: Path) -> dict[str, Any]:

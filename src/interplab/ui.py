@@ -34,6 +34,13 @@ def info(message: str) -> None:
         console.print(message)
 
 
+def detail(message: str) -> None:
+    """Long output for a run watched on its own terminal (a ledger, a table): skipped when quiet and in
+    the worker processes of `interplab cruxes`, whose lines interleave on one terminal."""
+    if not _quiet and _bars:
+        console.print(message)
+
+
 @contextlib.contextmanager
 def progress(description: str, total: int | None) -> Iterator[Callable[..., None]]:
     """`with progress("training", steps) as advance: advance(1, fvu=0.1)` — a rich bar, or nothing."""

@@ -10,8 +10,9 @@ final weights. Inputs are scaled so that E||x||^2 = d_in (estimated on the first
 scale is folded back into the biases at the end, so the result acts on raw activations. Adam's
 learning rate warms up linearly and decays linearly to zero over the last `decay` of the steps
 (SAELens's "constant" schedule with warm-up and decay steps). A latent is dead after
-`dead_tokens` tokens without firing; AuxK then trains the dead ones on the residual. TopK SAEs take
-`FastTopKStep`, every other architecture `ReferenceStep` (`steps.py`).
+`dead_tokens` tokens without firing; AuxK then trains the dead ones on the residual. TopK, BatchTopK,
+JumpReLU (L0 penalty) and ReLU SAEs take the fast step of `fast.py` on the CPU, anything else (and
+every architecture off the CPU, or with `fast=False`) the autograd `ReferenceStep` (`steps.py`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from safetensors.torch import load_file, save_file
 from interplab import ui
 from interplab.config import Config
 from interplab.decompose.base import create
+from interplab.parallel import World
 from interplab.decompose.sae import SAE, SAEDecomposer
-from interplab.decompose.steps import FastTopKStep, ReferenceStep
+from interplab.decompose.fast import FastStep
+from interplab.decompose.steps import ReferenceStep
 from interplab.decompose.streams import Stream, generator, make_stream
 from interplab.errors import UserError
 from interplab.runtime import device
@@ -84,7 +87,7 @@ class TrainConfig(Config):
     checkpoint_every: int = Field(default=1000, ge=1)
     """Steps between checkpoints, when a checkpoint folder is given."""
     fast: bool = True
-    """TopK SAEs: use the sparse hand-written step (False: autograd, for checking)."""
+    """Use the sparse hand-written step where one exists (False: autograd, for checking)."""
     threads: int | None = Field(default=None, ge=1)
     """torch threads while training (None: leave torch's setting). On a machine whose cores are
     busy with other work, 1 avoids OpenMP threads waiting on each other."""
@@ -224,10 +227,15 @@ def _resume(folder: Path, step_fn: Any, loop: _Loop, identity: dict[str, Any]) -
 
 
 def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoint_dir: str | Path | None = None,
-          label: str = "sae", stop_after: int | None = None) -> SAE:
+          label: str = "sae", stop_after: int | None = None, world: World | None = None) -> SAE:
     """Train `module`, whose weights are in the units of inputs × `scale`, on `stream` (inputs are
     multiplied by `scale` here). `stop_after` ends the run early after that many steps, as a kill
-    would (for tests). Returns the module in eval mode, still in scaled units."""
+    would (for tests). Returns the module in eval mode, still in scaled units.
+
+    Under torch.distributed (`world`, default: the current group) every rank reads the same global
+    batch and trains on its slice; the steps reduce across ranks, so every rank ends with the same
+    weights; rank 0 alone writes checkpoints and shows progress."""
+    world = world or World.current()
     per_epoch = stream.steps_per_epoch
     total = cfg.steps or (max(1, math.ceil(cfg.epochs * per_epoch)) if per_epoch else None)
     lr = cfg.lr or min(1e-2, 2e-4 / math.sqrt(module.d_sae / 2**14))
@@ -236,15 +244,16 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
     dev = device(cfg.device)
     module.to(dev)
     on_cpu = dev.type == "cpu"
-    kind = FastTopKStep if cfg.fast and on_cpu and FastTopKStep.applies(module) else ReferenceStep
-    step_fn = kind(module, lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.aux_coefficient)
+    kind = FastStep if cfg.fast and on_cpu and FastStep.applies(module) else ReferenceStep
+    step_fn = kind(module, lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.aux_coefficient, world)
     loop = _Loop(0, cfg.sparsity_coefficient, 0.0, torch.zeros(module.d_sae, dtype=torch.long))
     identity = _identity(module, cfg, scale)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
         _resume(folder, step_fn, loop, identity)
     warm = max(1.0, cfg.sparsity_warmup * (total or 1000))
-    with ui.progress(f"train {label}", total) as advance:
+    bar = ui.progress(f"train {label}", total) if world.main else contextlib.nullcontext(lambda *a, **k: None)
+    with bar as advance:
         advance(loop.step)
         while total is None or loop.step < total:
             if stop_after is not None and loop.step >= stop_after:
@@ -254,8 +263,8 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
                 break
             ramp = min(1.0, (loop.step + 1) / warm)
             dead_now = (loop.since >= dead_tokens).to(dev)  # (d_sae,)
-            out = step_fn(x.to(dev) * scale, dead_now, lr_scale(loop.step, total, cfg.warmup, cfg.decay),
-                          loop.coef * ramp)
+            out = step_fn(world.split(x).to(dev) * scale, dead_now,
+                          lr_scale(loop.step, total, cfg.warmup, cfg.decay), loop.coef * ramp)
             loop.since += x.shape[0]
             loop.since[out.fired.cpu()] = 0
             l0 = float(out.l0)
@@ -268,7 +277,7 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
                 advance(1, fvu=float(out.fvu), l0=l0, dead=dead)
             else:
                 advance(1)
-            if folder is not None and (loop.step % cfg.checkpoint_every == 0 or loop.step == total):
+            if world.main and folder is not None and (loop.step % cfg.checkpoint_every == 0 or loop.step == total):
                 state = step_fn.state() | {"since": loop.since, "rng": torch.get_rng_state()}
                 meta = {"coef": loop.coef, "ema_l0": loop.ema_l0, "identity": identity}
                 save_checkpoint(folder, loop.step, state, meta)

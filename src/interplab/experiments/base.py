@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 import interplab
 from interplab import ui
 from interplab.config import Config, build, load_file
+from interplab.experiments.units import Units
 from interplab.provenance import code_hash
 from interplab.registry import Registry
 from interplab.report.html import atomic_write, render_result
@@ -79,6 +80,7 @@ class Result:
     tables: dict[str, dict[str, list]] = field(default_factory=dict)  # name -> {"columns", "rows"}
     figures: dict[str, Figure] = field(default_factory=dict)
     captions: dict[str, str] = field(default_factory=dict)  # figure or table name -> caption
+    key_figure: str = ""  # the figure shown as a thumbnail beside the experiment's rows (default: the first)
     summary: str = ""
     scale: str = "default"  # "small" (what `cruxes` runs) or "default"
     code: str = field(default_factory=code_hash)  # hash of the computing source that produced it
@@ -98,6 +100,7 @@ class Result:
             "tables": _clean(self.tables, floats=False),
             "figures": {name: f"figures/{_file_name(name)}.png" for name in self.figures},
             "captions": dict(self.captions),
+            "key_figure": self.key_figure if self.key_figure in self.figures else next(iter(self.figures), None),
             "scale": self.scale,
             "code_hash": self.code,
             "cruxes": _protocols(self.verdicts),
@@ -182,6 +185,7 @@ class Experiment:
     in_cruxes: ClassVar[bool] = True  # False for an experiment another one already contains
     order: ClassVar[int] = 100  # place in the cruxes table (DESIGN's order of the cruxes)
     scale: str = "default"
+    units: Units = Units(None)  # finished units of work of this run (`units.py`); set by run_experiment
 
     def run(self, cfg: Any) -> Result:
         raise NotImplementedError
@@ -209,10 +213,13 @@ def run_experiment(
     scale: str = "default",
 ) -> Result:
     """Run experiment `name` at `scale` ("small": `overrides` start from its `small` settings) and
-    write its report into `out_dir`. Verdicts get their family's Holm correction here."""
+    write its report into `out_dir`. Verdicts get their family's Holm correction here. Units of work
+    the experiment stores through `self.units` land in `out_dir/units/`: a rerun after an
+    interruption continues from them."""
     cfg = build_config(name, overrides, config_file)
     exp = EXPERIMENTS.get(name)()
     exp.scale = scale
+    exp.units = Units(Path(out_dir) / "units", {"experiment": name, "config": cfg.model_dump(mode="json")})
     ui.info(f"[bold]{name}[/bold]: running at the {scale} scale, writing to {out_dir}")
     start = time.perf_counter()
     result = exp.run(cfg)

@@ -26,7 +26,8 @@ from interplab import ui
 from interplab.experiments.base import EXPERIMENTS, build_config, load_result, run_experiment, same_config
 from interplab.provenance import code_hash
 from interplab.report.html import atomic_write, render_index
-from interplab.report.terminal import print_verdicts
+from interplab.report.runs import entry
+from interplab.report.terminal import print_summary
 from interplab.runtime import single_thread
 from interplab.verdicts import summary_counts
 
@@ -45,13 +46,6 @@ def _run_small(name: str, folder: str, quiet: bool, bars: bool) -> dict[str, Any
     ui.set_bars(bars)
     with single_thread():
         return run_experiment(name, EXPERIMENTS.get(name).small, Path(folder), scale="small").to_dict()
-
-
-def _entry(name: str, data: dict[str, Any], reused: bool) -> dict[str, Any]:
-    cls = EXPERIMENTS.get(name)
-    return {"name": name, "title": data.get("title") or cls.title, "seconds": data.get("seconds"),
-            "reused": reused, "verdicts": data.get("verdicts") or [], "cruxes": data.get("cruxes") or {},
-            "figures": data.get("figures") or {}, "summary": data.get("summary") or ""}
 
 
 def _run_all(names: list[str], out_dir: Path, fresh: bool, jobs: int) -> dict[str, dict[str, Any]]:
@@ -95,7 +89,7 @@ def run_cruxes(out_dir: Path, fresh: bool = False, only: list[str] | None = None
     for name in names:
         EXPERIMENTS.get(name)  # fail on a typo before spending time on the others
     done = _run_all(names, out_dir, fresh, default_jobs() if jobs is None else jobs)
-    entries = [_entry(name, done[name], bool(done[name].get("_reused"))) for name in names]
+    entries = [entry(name, done[name], bool(done[name].get("_reused")), EXPERIMENTS.get(name).title) for name in names]
     rows = [{"experiment": e["name"], **v} for e in entries for v in e["verdicts"]]
     doc = {
         "interplab_version": interplab.__version__,
@@ -107,5 +101,5 @@ def run_cruxes(out_dir: Path, fresh: bool = False, only: list[str] | None = None
     }
     atomic_write(out_dir / "cruxes.json", json.dumps(doc, indent=2, allow_nan=False))
     index = render_index(entries, out_dir, version=interplab.__version__)
-    print_verdicts(rows, title="Cruxes")
+    print_summary(entries)
     return index

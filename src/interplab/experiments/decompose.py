@@ -10,7 +10,7 @@ Subjects (one key each, "subject/site"):
 - `tms/hidden`: the hidden ReLU layer of one TMS "neuron" model with more features than neurons
   at low density (superposition). Its ground truth is computed here: feature i alone puts
   x_i * ReLU(W[:, i]) in the hidden layer, so those are the true directions and the model's
-  inputs the true codes; MMCS, MCC and F1 come from the metrics' own ground-truth scorers;
+  inputs the true codes;
 - `{lm}/{site}.{layer}`: a real LM (SmolLM2-135M by default) at `lm_sites` of layer `lm_layer`.
 
 Methods (keys of results): the registered names. Linear methods (identity, random, pca, ica) are
@@ -20,73 +20,77 @@ top-k is the comparator of the verdicts: per token it keeps the k largest |coeff
 for an orthonormal basis leaves the least error of any k of its components, so at equal L0 it is
 never worse than the rank version and is the harder baseline for an SAE to beat.
 
+Verdicts (`decompose_pipeline`, `decompose_verdicts`; definitions in
+`interplab.verdicts.catalog.decompose`): per subject and k, the within-budget SAE with the lowest
+FVU on training rows is chosen from the first seed's fits and refitted with `refits - 1` more
+seeds; each aspect's statistic (pooled FVU, pooled loss increase, MCC, chance-adjusted
+interpretability) is taken per refit against the deterministic PCA, and its CI is a t interval
+over the refits plus the paired batch-bootstrap variance of their mean. Every verdict is judged
+with its crux's planted positive and negative controls, built at the subject's dimension and run
+through the same pipeline (`decompose_controls`); a crux whose controls fail is "uncalibrated".
+
 results.json layout:
     metrics[subject][method] = {fvu, l0, dead_frac, ce_score_zero, ce_score_mean, delta_ce_nats,
         kl_score, bits_per_token, [mmcs, mcc, f1, interp_score], k, ci: {key: [low, high]},
         details: {scalar side numbers, per_batch_fvu, per_batch_delta_ce_nats}, fit_seconds,
         select_fvu, select_l0 (on training rows, for choosing the SAE),
         eval_seconds (the shared evaluation's time split evenly over the methods),
-        "k8": {the same at k = 8}, ...}
-The top level holds the headline budget (the largest k); each other k sits under "k<k>". A key
-the subject does not define is null: synthetic has no loss (no CE scores), KL needs logits (LMs).
-
-Verdicts, at every k and per subject: the SAE compared is the one with the lowest FVU among those
-within budget (L0 <= k (1 + budget_slack); TopK always is), both measured on training rows
-(`select_fvu`, `select_l0`) so that the scored batches play no part in the choice, and fixed once
-per subject and k so that no metric picks its own SAE; PCA is the sign-split one. Statistics are signed so
-that > 0 favours the SAE: FVU(PCA) - FVU(SAE), delta CE(PCA) - delta CE(SAE) in nats, and
-MCC(SAE) - MCC(PCA) (planted and TMS) or interp_score(SAE) - interp_score(PCA) (LMs). The FVU and
-delta CE CIs are paired bootstraps over the shared evaluation batches; the MCC and interpretability
-ones combine the two methods' bootstrap CIs as if independent (wider than a paired CI would be).
-Every method of a site is scored in one pass over the batches (`evaluate_many`), which shares the
-clean and ablated forward passes among them.
+        [refits: the verdicts' SAE's headline numbers per seed], "k8": {the same at k = 8}, ...}
+The top level holds the subject's largest k; each other k sits under "k<k>". A key the subject
+does not define is null: synthetic has no loss (no CE scores), KL needs logits (LMs).
 
 Scale. The default is the whole study (k 8 and 32, both sparsifications, every method on
-SmolLM2 resid_post.15 and mlp_hidden.15, 1000 SAE steps of 4096 tokens); its 12288-wide SAEs on
-mlp_hidden dominate, and on a 2-core CPU it runs for about a day. `small`, what `interplab
-cruxes` runs (about 3 minutes on 2 free cores), keeps k = 32 and sign-split linear methods only,
-all eight methods on the toys, and identity, random, PCA and TopK on SmolLM2 resid_post.6 alone
-(16k training tokens, 150 SAE steps, 4 x 2 evaluation windows of 64 tokens); ICA, ReLU, BatchTopK
-and JumpReLU SAEs are left out on the LM, whose short-trained mean-L0 SAEs miss the budget anyway.
+SmolLM2 resid_post.15 and mlp_hidden.15, 1000 SAE steps of 4096 tokens, 5 refits); its
+12288-wide SAEs on mlp_hidden dominate, and on a 2-core CPU it runs for about a day. `small`, what
+`interplab cruxes` runs, is a scale at which every control passes: k = 8 of 64 dimensions on
+the toys (at k = 32 of 64 even planted sparse data favour PCA after a few hundred SAE steps, so
+the FVU and loss controls fail there) and k = 32 of 576 on SmolLM2 resid_post.6; 4x-wide TopK
+SAEs, 150 steps (toys) or 100 steps (LM) of 512 rows, 3 refits; identity, random, PCA and TopK on
+the toys, PCA and TopK on the LM (8192 training tokens); 8 held-out batches (1024 rows on the toys,
+one 64-token window on the LM). About 2.5 minutes on one thread with a fresh cache, controls included.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
 
 from interplab import ui
 from interplab.config import Config
-from interplab.decompose import DECOMPOSITIONS, create
-from interplab.decompose.sae import SAEDecomposer
+from interplab.decompose import DECOMPOSITIONS
 from interplab.errors import UserError
 from interplab.experiments.base import Experiment, Result, Verdict, register
-from interplab.experiments.decompose_figures import (
-    CAPTIONS,
-    figures,
-    headline,
-    methods_table,
-    summarise,
+from interplab.experiments.decompose_controls import Controls, Spec, spec_of
+from interplab.experiments.decompose_figures import CAPTIONS, figures, headline, methods_table, summarise
+from interplab.experiments.decompose_pipeline import (
+    OPTIONAL,
+    REQUIRED,
+    Scored,
+    Study,
+    eval_batches,
+    evidence,
+    fit_study,
+    score_study,
+    site_acts,
+    toy_study,
+    variants,
 )
-from interplab.experiments.decompose_verdicts import pick_sae, verdicts_for
-from interplab.hooks import activations
-from interplab.metrics import evaluate_many, fvu
-from interplab.metrics.groundtruth import GroundTruth, mmcs, random_floor
-from interplab.runtime import device, single_thread
+from interplab.experiments.decompose_verdicts import verdicts_for
+from interplab.metrics.downstream import first_position
+from interplab.metrics.evaluate import EvalSettings
+from interplab.metrics.interpretability import token_labels
+from interplab.runtime import device
 from interplab.store import harvest_rows
 from interplab.subjects import load_subject
-from interplab.subjects.base import Subject
 from interplab.subjects.sites import layer_sites
+
+__all__ = ["OPTIONAL", "REQUIRED", "DecomposeConfig", "DecomposeExperiment"]
 
 LINEAR = ("identity", "random", "pca", "ica")
 ALL_METHODS = ["identity", "random", "pca", "ica", "sae-relu", "sae-topk", "sae-batchtopk", "sae-jumprelu"]
-REQUIRED = ("fvu", "l0", "dead_frac", "ce_score_zero", "ce_score_mean", "delta_ce_nats", "kl_score", "bits_per_token")
-OPTIONAL = ("mmcs", "mcc", "f1", "interp_score")
 TMS_DEFAULT = {"n_features": 256, "n_hidden": 64, "variant": "neuron", "density": [1 / 64],
                "importance_decay": 1.0, "steps": 3000, "lr": 3e-3}
 
@@ -100,7 +104,12 @@ class DecomposeConfig(Config):
     lm_methods: list[str] | None = None
     """Decompositions run on the LM sites (None: the same as `methods`)."""
     ks: list[int] = [8, 32]
-    """Budgets of active codes per token; the largest is the headline."""
+    """Budgets of active codes per token on the toy subjects; the largest is the headline."""
+    lm_ks: list[int] | None = None
+    """Budgets on the LM sites (None: the same as `ks`)."""
+    refits: int = Field(5, ge=1)
+    """Fits of the verdicts' SAE with seeds seed, seed + 1, ... (the resampling unit of its CIs;
+    at least 3 at the small scale). PCA is deterministic and fitted once."""
     linear_sparsify: list[Literal["topk", "rank"]] = ["topk", "rank"]
     """How linear methods meet the budget: 'topk' (sign-split, key '<name>') and/or 'rank' ('<name>-rank')."""
     width_factor: int = Field(8, ge=1)
@@ -166,179 +175,67 @@ class DecomposeConfig(Config):
         device(v)  # a missing GPU is refused now, not after the harvest and the linear fits
         return v
 
-    @field_validator("ks")
+    @field_validator("ks", "lm_ks")
     @classmethod
-    def _ks(cls, v: list[int]) -> list[int]:
+    def _ks(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
         if not v or any(k < 1 for k in v):
             raise ValueError("ks needs at least one budget, each >= 1")
         return sorted(set(v))
 
 
-class Study(NamedTuple):
-    """One (subject, site) and everything every method shares there."""
-
-    key: str
-    subject: Subject
-    site: str
-    train: torch.Tensor  # (n, d) training-split activations
-    batches: list[torch.Tensor]  # held-out model inputs, the same for every method
-    mean: torch.Tensor  # (d,) mean-ablation baseline
-    methods: list[str]
-    sae_steps: int
-    truth: torch.Tensor | None = None  # (K, d) true directions scored here (TMS), else None
-    truth_cols: torch.Tensor | None = None  # (K,) input columns holding the true codes
-    toy: bool = True  # small ops: fit and score on one thread
-
-
-class Variant(NamedTuple):
-    key: str  # results key: "pca", "pca-rank", "sae-topk"
-    name: str  # registered name
-    settings: dict[str, Any]  # everything but k
-    sae: bool
-
-
 # --- data ----------------------------------------------------------------------------------------
-def eval_batches(subject: Subject, n: int, size: int, seed: int) -> list[torch.Tensor]:
-    """Held-out model inputs: the test split, generators apart from the training stream's."""
-    return [subject.sample(size, torch.Generator().manual_seed((seed + 7_777) * 1_000_003 + b), split="test")
-            for b in range(n)]
-
-
 def studies(cfg: DecomposeConfig) -> Iterator[Study]:
     """The (subject, site) pairs, built one subject at a time so only one is in memory."""
-    toy = {"synthetic": cfg.synthetic, "tms": {**TMS_DEFAULT, **cfg.tms}}
     for name in cfg.subjects:
         if name == "lm":
             yield from lm_studies(cfg)
             continue
         ui.info(f"decompose: preparing {name}")
-        subject = load_subject(name, **toy[name])
-        if name == "tms" and subject.model.n_instances != 1:
-            raise UserError("decompose studies one TMS instance; give `tms` a single density")
-        rows = harvest_rows(subject, ["hidden"], cfg.toy_train_samples, cfg.seed, 4096, cached=False)["hidden"]
-        truth = cols = None
+        subject = load_subject(name, **({**TMS_DEFAULT, **cfg.tms} if name == "tms" else cfg.synthetic))
+        truth, cols = subject.ground_truth.get("features"), None
         if name == "tms":  # feature i alone writes x_i * ReLU(W[:, i]) into the hidden layer
+            if subject.model.n_instances != 1:
+                raise UserError("decompose studies one TMS instance; give `tms` a single density")
             W = subject.model.W.detach()[0]  # (m, n)
             directions = torch.relu(W) if subject.model.variant == "neuron" else W
             cols = (directions.norm(dim=0) > 1e-6).nonzero().flatten()  # (K,) features that reach it
             truth = directions[:, cols].T.contiguous()  # (K, m)
-        batches = eval_batches(subject, cfg.eval_batches, cfg.toy_eval_batch_size, cfg.seed)
-        yield Study(f"{name}/hidden", subject, "hidden", rows, batches, rows.double().mean(0), cfg.methods,
-                    cfg.sae_steps, truth, cols)
+        yield toy_study(f"{name}/hidden", subject, cfg.methods, cfg.sae_steps, cfg.toy_train_samples, cfg.eval_batches,
+                        cfg.toy_eval_batch_size, cfg.seed, truth=truth, truth_cols=cols)
 
 
 def lm_studies(cfg: DecomposeConfig) -> Iterator[Study]:
+    """The LM's sites: harvested training rows, held-out windows, and the windows' token labels."""
     ui.info(f"decompose: loading {cfg.lm}")
     subject = load_subject(cfg.lm, **cfg.lm_config)
     sites = layer_sites(subject.sites, cfg.lm_sites, cfg.lm_layer, cfg.lm)
     rows = harvest_rows(subject, sites, cfg.lm_train_tokens, cfg.seed, 16, cached=True)
     batches = eval_batches(subject, cfg.eval_batches, cfg.lm_eval_windows, cfg.seed)
+    ev = EvalSettings()  # the labels `evaluate` derives, for the paired interpretability statistics
+    labels = token_labels(batches, subject.tokenizer, first_position(subject), ev.n_frequent, ev.min_label_count,
+                          ev.max_label_rate)
     methods = cfg.methods if cfg.lm_methods is None else cfg.lm_methods
     steps = cfg.lm_sae_steps or cfg.sae_steps
     for site in sites:
         train = rows.pop(site)  # (tokens, d)
-        yield Study(f"{cfg.lm}/{site}", subject, site, train, batches, train.double().mean(0), methods, steps,
-                    toy=False)
+        yield Study(f"{cfg.lm}/{site}", subject, site, train, batches, site_acts(subject, site, batches),
+                    train.double().mean(0), methods, steps, labels=labels, toy=False)
 
 
-# --- methods -------------------------------------------------------------------------------------
-def variants(study: Study, cfg: DecomposeConfig) -> list[Variant]:
-    """The study's methods with their settings; linear ones once per sparsification."""
-    out, d = [], study.train.shape[1]
-    for name in study.methods:
-        if issubclass(DECOMPOSITIONS.get(name), SAEDecomposer):
-            s = {"width": cfg.width_factor * d, "steps": study.sae_steps, "batch_size": cfg.sae_batch_size,
-                 "seed": cfg.seed, "lr": cfg.sae_lr, "device": cfg.sae_device}
-            out.append(Variant(name, name, s, True))
-            continue
-        extra = {"max_samples": cfg.ica_max_samples, "max_iter": cfg.ica_max_iter} if name == "ica" else {}
-        for how in cfg.linear_sparsify:
-            key = name if how == "topk" else f"{name}-rank"
-            out.append(Variant(key, name, {"sparsify": how, "seed": cfg.seed, **extra}, False))
-    return out
-
-
-def tms_ground_truth(dec: Any, study: Study, n_boot: int, seed: int) -> dict[str, Any]:
-    """MMCS, MCC and F1 against the TMS features that reach the hidden layer, with CIs over batches."""
-    acc = GroundTruth()
-    signed = False
-    with torch.no_grad():
-        for x in study.batches:
-            a = activations(study.subject.model, x, [study.site], sites=study.subject.sites)[study.site]
-            codes = dec.transform(a.reshape(a.shape[0], -1))  # (n, m)
-            signed = signed or bool((codes < 0).any())
-            acc.update(x.reshape(x.shape[0], -1)[:, study.truth_cols], codes)
-    est = acc.result(n_boot, seed)
-    out = {"mmcs": mmcs(study.truth, dec.components_, signed), "mcc": est["mcc"].value, "f1": est["f1"].value}
-    ci = {k: [est[k].low, est[k].high] for k in ("mcc", "f1")}
-    floor = random_floor(study.truth, dec.n_components_, signed=signed)
-    return {**out, "ci": ci, "details": {"mmcs_random_floor": floor, "n_true_features": int(study.truth.shape[0])}}
-
-
-class Fitted(NamedTuple):
-    dec: Any  # the fitted decomposer
-    seconds: float  # time to fit
-    select_fvu: float  # FVU on (up to SELECT_ROWS) training rows: chooses the SAE of the verdicts
-    select_l0: float  # mean L0 on the same rows: whether the SAE is within budget
-
-
-SELECT_ROWS = 8192
-
-
-def fit(study: Study, v: Variant, k: int) -> Fitted:
-    """One method fitted at budget k on the study's training rows, with its FVU and L0 on those
-    rows (for choosing the SAE without looking at the scored batches). Toy sites fit on one
-    thread: their ops are small, and spinning OpenMP threads on shared cores slow them down many
-    times over; LM sites keep torch's threads for their wide matrix multiplies."""
-    start = time.perf_counter()
-    with single_thread() if study.toy else contextlib.nullcontext():
-        dec = create(v.name, k=k, **v.settings).fit(study.train)
-        seconds = time.perf_counter() - start
-        rows = study.train[-SELECT_ROWS:].float()  # (n, d)
-        with torch.no_grad():
-            out = dec.forward(rows)
-        l0 = float((out.codes != 0).sum(1).double().mean())
-    return Fitted(dec, seconds, fvu(rows, out.recon), l0)
-
-
-def score_all(study: Study, fitted: dict[str, Fitted], k: int, cfg: DecomposeConfig) -> dict[str, dict[str, Any]]:
-    """Every fitted method evaluated on the held-out batches, the batches' clean and ablated runs
-    shared by all (`evaluate_many`), plus TMS ground truth; one results entry per method."""
-    start = time.perf_counter()
-    decs = {key: f.dec for key, f in fitted.items()}
-    with single_thread() if study.toy else contextlib.nullcontext():
-        scored = evaluate_many(decs, study.subject, study.site, study.batches, mean=study.mean, n_boot=cfg.n_boot,
-                               seed=cfg.seed, amortize_tokens=study.train.shape[0])
-        if study.truth is not None:
-            for key, dec in decs.items():
-                gt = tms_ground_truth(dec, study, cfg.n_boot, cfg.seed)
-                scored[key].update({k_: gt[k_] for k_ in ("mmcs", "mcc", "f1")})
-                scored[key]["ci"].update(gt["ci"])
-                scored[key]["details"].update(gt["details"])
-    eval_seconds = (time.perf_counter() - start) / len(decs)
-    return {key: entry(res, k, fitted[key], eval_seconds, isinstance(decs[key], SAEDecomposer))
-            for key, res in scored.items()}
-
-
-def entry(res: dict[str, Any], k: int, f: Fitted, eval_seconds: float, sae: bool) -> dict[str, Any]:
-    """The results.json entry of one method at one budget, from what `evaluate` returned."""
-    out: dict[str, Any] = {key: res.get(key) for key in REQUIRED}
-    out.update({key: res[key] for key in OPTIONAL if key in res})
-    details = {n: x for n, x in res["details"].items() if isinstance(x, (int, float, bool))}
-    for key in ("per_batch_fvu", "per_batch_delta_ce_nats"):  # for paired differences between methods
-        if key in res["details"]:
-            details[key] = res["details"][key]
-    out.update(k=k, ci=res["ci"], details=details, fit_seconds=f.seconds, eval_seconds=eval_seconds, sae=sae,
-               select_fvu=f.select_fvu, select_l0=f.select_l0)
-    return out
-
-
-# --- the experiment ------------------------------------------------------------------------------
 def level(entry: dict[int, dict[str, Any]], ks: list[int]) -> dict[str, Any]:
     """The headline k's entry on top, the other ks under 'k<k>'."""
     top = dict(entry[ks[-1]])
     top.update({f"k{k}": entry[k] for k in ks[:-1]})
     return top
+
+
+# --- the experiment ------------------------------------------------------------------------------
+def control_note(spec: Spec) -> str:
+    return (f"planted dictionary vs its Gaussian / a rotation of dense codes at d={spec.d}, k={spec.k}, "
+            f"{spec.n_train} training rows, {spec.n_batches} held-out batches of {spec.batch_rows} rows, the same "
+            "methods, steps and refits")
 
 
 @register
@@ -350,35 +247,39 @@ class DecomposeExperiment(Experiment):
     title = "Sparse autoencoders against PCA, ICA, neurons and random directions at matched budgets"
     Config = DecomposeConfig
     small: ClassVar[dict[str, Any]] = {
-        "ks": [32], "linear_sparsify": ["topk"], "toy_train_samples": 32_768, "sae_steps": 300, "lm_sae_steps": 150,
-        "sae_batch_size": 1024, "sae_lr": 5e-3, "lm_methods": ["identity", "random", "pca", "sae-topk"],
-        "lm_layer": 6, "lm_sites": ["resid_post"], "lm_train_tokens": 16_384, "lm_config": {"seq_len": 64},
-        "eval_batches": 4, "lm_eval_windows": 2, "toy_eval_batch_size": 2048, "n_boot": 500, "ica_max_samples": 8192,
+        "ks": [8], "lm_ks": [32], "linear_sparsify": ["topk"], "methods": ["identity", "random", "pca", "sae-topk"],
+        "lm_methods": ["pca", "sae-topk"], "width_factor": 4, "toy_train_samples": 16_384, "sae_steps": 150,
+        "lm_sae_steps": 100, "sae_batch_size": 512, "sae_lr": 5e-3, "refits": 3, "lm_layer": 6,
+        "lm_sites": ["resid_post"], "lm_train_tokens": 8192, "lm_config": {"seq_len": 64}, "eval_batches": 8,
+        "lm_eval_windows": 1, "toy_eval_batch_size": 1024, "n_boot": 200, "ica_max_samples": 8192,
     }
 
     def run(self, cfg: DecomposeConfig) -> Result:
         metrics: dict[str, Any] = {}
         verdicts: list[Verdict] = []
         lines: list[str] = []
+        controls = Controls(cfg)
         for study in studies(cfg):
-            vs = variants(study, cfg)
-            per: dict[int, dict[str, dict[str, Any]]] = {k: {} for k in cfg.ks}
-            with ui.progress(f"decompose {study.key}: fitting", len(vs) * len(cfg.ks)) as advance:
-                for k in cfg.ks:
-                    fitted: dict[str, Fitted] = {}
-                    for v in vs:
-                        fitted[v.key] = fit(study, v, k)
-                        advance(1, k=k, method=v.key)
-                    ui.info(f"decompose {study.key}: scoring {len(vs)} methods at k={k}")
-                    per[k] = score_all(study, fitted, k, cfg)
-            metrics[study.key] = {v.key: level({k: per[k][v.key] for k in cfg.ks}, cfg.ks) for v in vs}
-            for k in cfg.ks:
-                verdicts += verdicts_for(study.key, per[k], k, cfg)
-            top = cfg.ks[-1]
-            lines.append(headline(study.key, per[top], pick_sae(per[top], top, cfg.budget_slack), top))
+            ks = cfg.ks if study.toy else (cfg.lm_ks or cfg.ks)
+            per: dict[int, Scored] = {}
+            steps = (len(variants(study, cfg)) + cfg.refits - 1) * len(ks)
+            with ui.progress(f"decompose {study.key}: fitting", steps) as advance:
+                for k in ks:
+                    fits = fit_study(study, k, cfg, advance, self.units)
+                    ui.info(f"decompose {study.key}: scoring at k={k}")
+                    per[k] = score_study(study, fits, k, cfg)
+            metrics[study.key] = {key: level({k: per[k].entries[key] for k in ks}, ks) for key in per[ks[-1]].entries}
+            for k in ks:
+                ev = evidence(per[k], cfg)
+                spec = spec_of(study, k)
+                ui.info(f"decompose {study.key}: controls at k={k}")
+                verdicts += verdicts_for(study.key, ev, controls.of(spec, list(ev)), per[k].sae, k, self.scale,
+                                         control_note(spec))
+            lines.append(headline(study.key, per[ks[-1]].entries, per[ks[-1]].sae, ks[-1]))
+            del study
+        all_ks = sorted({*cfg.ks, *(cfg.lm_ks or [])})
         return Result(
             experiment=self.name, title=self.title, config=cfg.model_dump(mode="json"), seed=cfg.seed,
-            metrics=metrics, verdicts=verdicts, tables={"methods": methods_table(metrics, cfg.ks)},
-            figures=figures(metrics, cfg.ks), captions=CAPTIONS, summary=summarise(verdicts, lines),
+            metrics=metrics, verdicts=verdicts, tables={"methods": methods_table(metrics)},
+            figures=figures(metrics, all_ks), captions=CAPTIONS, summary=summarise(verdicts, lines),
         )
-

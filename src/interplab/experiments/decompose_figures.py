@@ -14,6 +14,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+from interplab.verdicts import NEEDS_SCALE, SUPERSEDED, UNCALIBRATED, summary_counts
+
 PARETO = {
     "pareto_fvu": ("fvu", "FVU (lower is better)"),
     "pareto_delta_ce": ("delta_ce_nats", "ΔCE, nats (lower is better)"),
@@ -34,24 +36,24 @@ COLUMNS = ["site", "method", "k", "L0", "FVU", "dead", "ΔCE nats", "CE score (m
            "KL score", "bits/token", "MMCS", "MCC", "F1", "interp", "fit s"]
 
 
-def at_k(entry: dict[str, Any], k: int, ks: list[int]) -> dict[str, Any]:
-    """One method's numbers at budget k."""
-    return entry if k == ks[-1] else entry[f"k{k}"]
-
-
 def _num(x: Any) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
 
 
-def methods_table(metrics: dict[str, dict[str, Any]], ks: list[int]) -> dict[str, list]:
+def _levels(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """A method's entries at every budget it was run at, smallest k first."""
+    out = [entry] + [v for key, v in entry.items() if key.startswith("k") and key[1:].isdigit() and isinstance(v, dict)]
+    return sorted(out, key=lambda e: e["k"])
+
+
+def methods_table(metrics: dict[str, dict[str, Any]]) -> dict[str, list]:
     rows = []
     for site, methods in metrics.items():
-        for k in ks:
-            for method, entry in methods.items():
-                e = at_k(entry, k, ks)
+        for method, entry in methods.items():
+            for e in _levels(entry):
                 keys = ("l0", "fvu", "dead_frac", "delta_ce_nats", "ce_score_mean", "ce_score_zero", "kl_score",
                         "bits_per_token", "mmcs", "mcc", "f1", "interp_score", "fit_seconds")
-                rows.append([site, method, k, *(_num(e.get(key)) for key in keys)])
+                rows.append([site, method, e["k"], *(_num(e.get(key)) for key in keys)])
     return {"columns": COLUMNS, "rows": rows}
 
 
@@ -81,10 +83,10 @@ def pareto(metrics: dict[str, dict[str, Any]], ks: list[int], key: str | None, y
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
     for ax, (site, metric) in zip(axes, panels, strict=True):
         for method, entry in metrics[site].items():
-            pts = [at_k(entry, k, ks) for k in ks]
+            pts = _levels(entry)
             xs = [_num(p.get("l0")) for p in pts]
             ys = [_num(p.get(metric)) for p in pts]
-            keep = [i for i in range(len(ks)) if xs[i] is not None and ys[i] is not None]
+            keep = [i for i in range(len(pts)) if xs[i] is not None and ys[i] is not None]
             if not keep:
                 continue
             x, y = np.array([xs[i] for i in keep]), np.array([ys[i] for i in keep])
@@ -131,19 +133,20 @@ def figures(metrics: dict[str, dict[str, Any]], ks: list[int]) -> dict[str, Figu
 
 
 def headline(key: str, res: dict[str, dict[str, Any]], sae: str | None, k: int) -> str:
-    """One sentence of key numbers: the compared SAE against sign-split PCA on one site at budget k."""
+    """One sentence of key numbers: the compared SAE (first seed) against sign-split PCA on one site."""
     if sae is None or "pca" not in res:
         return ""
     s, p = res[sae], res["pca"]
     parts = [f"{name} {s[m]:.3g} vs {p[m]:.3g}" for m, name in
              (("fvu", "FVU"), ("delta_ce_nats", "ΔCE"), ("mcc", "MCC"), ("interp_score", "interp"))
              if s.get(m) is not None and p.get(m) is not None]
-    return f"{key} (k={k}): {sae} against PCA, " + ", ".join(parts) + "."
+    return f"{key} (k={k}): {sae} (seed {s['refits'][0]['seed']}) against PCA, " + ", ".join(parts) + "."
 
 
 def summarise(verdicts: list[Any], lines: list[str]) -> str:
-    """Counts of verdicts by outcome, then the key numbers of each site."""
-    counts = {w: sum(v.verdict == w for v in verdicts) for w in ("supported", "not supported", "inconclusive")}
-    return (f"Of {len(verdicts)} comparisons of the best within-budget SAE with sign-split PCA: the SAE wins "
-            f"{counts['supported']}, PCA wins {counts['not supported']}, inconclusive {counts['inconclusive']}. "
-            + " ".join(line for line in lines if line))
+    """Counts of verdicts by outcome and status, then the key numbers of each site."""
+    c = summary_counts(verdicts)
+    return (f"Of {len(verdicts)} comparisons of the chosen SAE (over its refits) with sign-split PCA, counted "
+            f"(both controls passed): the SAE wins {c['supported']}, PCA wins {c['not supported']}, inconclusive "
+            f"{c['inconclusive']}; uncalibrated {c[UNCALIBRATED]}, needing --scale default {c[NEEDS_SCALE]}, "
+            f"superseded definitions shown beside {c[SUPERSEDED]}. " + " ".join(line for line in lines if line))

@@ -1,37 +1,36 @@
 """The verdicts of `decompose`: the SAE against sign-split PCA on each aspect of the crux.
 
-The SAE compared is chosen on training rows (`pick_sae`); statistics are signed so that > 0
-favours the SAE; CIs are paired bootstraps over the shared evaluation batches where both methods
-carry per-batch values (FVU, delta CE), else the two marginal CIs combined as if independent.
+Definitions live in `interplab.verdicts.catalog.decompose`. Here evidence is built from paired
+scorecards (`interplab.metrics.paired`) and judged with the controls:
+
+- the SAE compared is chosen on training rows (`pick_sae`), once per subject and budget, from the
+  first seed's fits; it is then refitted with further seeds. PCA is deterministic;
+- per refit s the statistic is stat(PCA) - stat(SAE_s) for lower-is-better aspects (FVU, loss
+  increase) and stat(SAE_s) - stat(PCA) otherwise, each pooled over all held-out batches;
+- the CI is a t interval over the refits plus the variance of the refits' mean over resampled
+  batches (every refit is scored on the same batches, so that part does not show in their spread);
+- the round-1 FVU statistic (mean of per-batch FVU differences, one fit, batch bootstrap) is still
+  computed beside it as the non-primary `sae-fvu-batchmean`.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from interplab.experiments.base import CI, Verdict, bootstrap_ci, decide
+from interplab.metrics.paired import Aspect
+from interplab.verdicts import Evidence, Verdict, from_boots, from_refits, judge
 
-CRUX = "sparse codes (SAE) give more faithful and more interpretable features than PCA at matched budget"
-
-
-def difference(a: dict[str, Any], b: dict[str, Any], key: str, n_boot: int, seed: int) -> tuple[float, CI, str]:
-    """a[key] - b[key] and its 95% CI: a paired bootstrap over the shared evaluation batches where
-    both carry per-batch values, else the two marginal CIs combined as if independent."""
-    pa, pb = a["details"].get(f"per_batch_{key}"), b["details"].get(f"per_batch_{key}")
-    if pa and pb:
-        diff = np.asarray(pa, dtype=float) - np.asarray(pb, dtype=float)  # (n_batches,)
-        return float(diff.mean()), bootstrap_ci(diff, n_boot=max(n_boot, 1), seed=seed), "paired bootstrap over batches"
-    va, vb = a.get(key), b.get(key)
-    if va is None or vb is None:
-        return math.nan, CI(math.nan, math.nan), "undefined"
-    (la, ha), (lb, hb) = a["ci"].get(key, (math.nan, math.nan)), b["ci"].get(key, (math.nan, math.nan))
-    d = va - vb
-    low = d - math.hypot(va - la, hb - vb)
-    high = d + math.hypot(ha - va, vb - lb)
-    return d, CI(low, high), "marginal CIs combined as if independent (conservative)"
+ASPECT = {
+    "sae-fvu": ("FVU", "FVU(PCA) - FVU(SAE)"),
+    "sae-fvu-batchmean": ("FVU, round-1 form", "mean over batches of FVU_b(PCA) - FVU_b(SAE), seed 0"),
+    "sae-dce": ("loss when spliced in", "ΔCE(PCA) - ΔCE(SAE)"),
+    "sae-recovery": ("recovery", "MCC(SAE) - MCC(PCA)"),
+    "sae-interp": ("interpretability", "interp_adjusted(SAE) - interp_adjusted(PCA)"),
+    "sae-interp-raw": ("interpretability, unadjusted", "interp(SAE) - interp(PCA)"),
+}
 
 
 def pick_sae(res: dict[str, dict[str, Any]], k: int, slack: float) -> str | None:
@@ -42,28 +41,40 @@ def pick_sae(res: dict[str, dict[str, Any]], k: int, slack: float) -> str | None
     return min(ok, key=lambda m: res[m]["select_fvu"]) if ok else None
 
 
-def verdicts_for(key: str, res: dict[str, dict[str, Any]], k: int, cfg: Any) -> list[Verdict]:
-    """The crux on one subject at budget k, one verdict per aspect the subject defines."""
-    sae = pick_sae(res, k, cfg.budget_slack)
-    pca = next((m for m in ("pca", "pca-rank") if m in res), None)  # sign-split unless only rank was run
-    if sae is None or pca is None:
-        return []
-    kind = "sign-split" if pca == "pca" else "rank-k"
-    s, p = res[sae], res[pca]
-    interp = "interp_score" if s.get("interp_score") is not None else "mcc"
-    aspects = [("fvu", "faithful: reconstruction, FVU(PCA) - FVU(SAE)", p, s),
-               ("delta_ce_nats", "faithful: loss when spliced in, ΔCE(PCA) - ΔCE(SAE)", p, s),
-               (interp, f"interpretable: {interp}(SAE) - {interp}(PCA)", s, p)]
+def refit_evidence(pca: Aspect, saes: Sequence[Aspect], sae_is_lower: bool) -> Evidence:
+    """Evidence over SAE refits against deterministic PCA, > 0 favouring the SAE.
+
+    Per refit: pca - sae when lower is better (`sae_is_lower`), else sae - pca. The sampling
+    variance is the variance over resampled batches of the refits' mean difference (the replicates
+    of every method share their resamples, so the difference is paired)."""
+    sign = 1.0 if sae_is_lower else -1.0
+    per_fit = [sign * (pca.value - s.value) for s in saes]
+    reps = np.mean([sign * (pca.replicates - s.replicates) for s in saes], axis=0)  # (n_boot,)
+    reps = reps[np.isfinite(reps)]
+    var = float(reps.var(ddof=1)) if reps.size > 1 else 0.0
+    how = (f"t over {len(saes)} SAE refits + paired bootstrap variance of their mean over the shared "
+           f"held-out batches ({reps.size} resamples)")
+    return from_refits(per_fit, 0.0, how, sampling_var=var,
+                       extra={"pca": pca.value, "sae_per_fit": [s.value for s in saes], "sampling_var": var})
+
+
+def round1_evidence(per_batch_diff: np.ndarray, counts: np.ndarray) -> Evidence:
+    """The round-1 statistic: the mean of per-batch differences (one fit) with its batch bootstrap."""
+    diff = np.asarray(per_batch_diff, dtype=float)  # (B,)
+    return from_boots(float(diff.mean()), counts @ diff / counts.sum(1), 0.0,
+                      "percentile bootstrap over evaluation batches, one SAE fit", n_units=int(diff.size))
+
+
+def verdicts_for(key: str, ev: dict[str, Evidence], controls: dict[str, tuple[Evidence | None, Evidence | None]],
+                 sae: str | None, k: int, scale: str, control_note: str) -> list[Verdict]:
+    """The study's verdicts at budget k, each judged with its crux's controls."""
     out = []
-    for metric, what, a, b in aspects:
-        if a.get(metric) is None or b.get(metric) is None:
-            continue
-        stat, ci, how = difference(a, b, metric, cfg.n_boot, cfg.seed)
-        word = decide(ci, 0.0)
-        winner = {"supported": "the SAE wins", "not supported": "PCA wins"}.get(word, "no clear winner")
-        note = (f"k={k}: {sae} (L0 {s['l0']:.3g}) {metric}={s[metric]:.4g} against {kind} PCA (L0 {p['l0']:.3g}) "
-                f"{metric}={p[metric]:.4g}; {winner}. Statistic > 0 favours the SAE; CI: {how}. The SAE is the "
-                "within-budget one with the lowest FVU on training rows. ΔCE is in nats for LMs, in the subject's own loss "
-                "for toy models.")
-        out.append(Verdict(f"{CRUX} — {what}", stat, (ci.low, ci.high), 0.0, word, subject=f"{key} @ k={k}", note=note))
+    for crux, e in ev.items():
+        what, stat = ASPECT[crux]
+        pos, neg = controls.get(crux, (None, None))
+        per_fit = ", ".join(f"{v:.4g}" for v in e.extra.get("per_fit", []))
+        note = (f"{what}, k={k}: {stat} = {e.statistic:.4g}; {sae} against sign-split PCA; per fit [{per_fit}]. "
+                f"> 0 favours the SAE. CI: {e.how}. The SAE is the within-budget one with the lowest FVU on "
+                f"training rows. Controls: {control_note}.")
+        out.append(judge(crux, e, subject=f"{key} @ k={k}", positive=pos, negative=neg, scale=scale, note=note))
     return out

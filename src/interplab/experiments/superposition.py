@@ -28,14 +28,8 @@ from pydantic import Field
 from interplab import ui
 from interplab.config import Config
 from interplab.experiments import superposition_intro as intro
-from interplab.experiments.base import (
-    Experiment,
-    Result,
-    Verdict,
-    bootstrap_ci,
-    decide,
-    register,
-)
+from interplab.experiments import superposition_controls as planted
+from interplab.experiments.base import Experiment, Result, Verdict, register
 from interplab.experiments.superposition_figures import (
     STICKY,
     geometry_figure,
@@ -43,6 +37,8 @@ from interplab.experiments.superposition_figures import (
     phase_figure,
 )
 from interplab.metrics import hypotheses as H
+from interplab.metrics.bootstrap import resample
+from interplab.verdicts import Evidence, bootstrap_units, from_boots, from_refits, judge
 
 PHASES = ("dropped", "dedicated", "superposition")  # class ids 0, 1, 2; -1 = other
 REPRESENTED = 0.5
@@ -149,16 +145,24 @@ def phase_diagram(grid: int, seeds: int, steps: int, batch: int, margin: float, 
     return Phase(r, s, classify(kept), predicted_phase(r, s), ~near_boundary(r, s, margin), kept[:, :, 0])
 
 
-def phase_verdict(p: Phase, seed: int) -> Verdict:
-    agree = (p.observed == p.predicted)[p.compared].astype(float)  # (cells,)
-    counts = np.bincount(p.observed[p.compared] + 1, minlength=4)
+def phase_evidence(observed: np.ndarray, predicted: np.ndarray, compared: np.ndarray, seed: int) -> Evidence:
+    """Agreement of observed with closed-form classes over the compared cells, bootstrap over cells,
+    against the share of the most common observed class (a constant prediction)."""
+    agree = (observed == predicted)[compared].astype(float)  # (cells,)
+    counts = np.bincount(observed[compared] + 1, minlength=4)
     null = float(counts.max() / max(1, counts.sum()))
-    ci = bootstrap_ci(agree, seed=seed)
-    return Verdict(crux="trained 2-in-1 phase diagram matches the closed form", statistic=float(agree.mean()),
-                   ci=(ci.low, ci.high), null=null, verdict=decide(ci, null),
-                   subject=f"tms relu 2→1, {len(p.r)}x{len(p.s)} grid",
-                   note=f"agreement over {agree.size} cells more than the margin from the boundary, bootstrap over "
-                   "cells; null: the share of the most common observed class (a constant prediction)")
+    return bootstrap_units(agree, null, f"bootstrap over {agree.size} cells", seed=seed)
+
+
+def phase_verdict(p: Phase, seed: int, scale: str) -> Verdict:
+    """tms-phase on the trained grid, with the closed-form weights (positive) and the same weights on
+    permuted cells (negative) classified and scored by the same functions."""
+    good = planted.closed_form_weights(p.predicted)  # (R, S, 1, 2)
+    pos = phase_evidence(classify(good), p.predicted, p.compared, seed)
+    neg = phase_evidence(classify(planted.permuted_cells(good, seed + 1)), p.predicted, p.compared, seed)
+    ev = phase_evidence(p.observed, p.predicted, p.compared, seed)
+    return judge("tms-phase", ev, f"tms relu 2→1, {len(p.r)}x{len(p.s)} grid", pos, neg, scale,
+                 note=f"agreement over {int(p.compared.sum())} cells more than the margin from the boundary")
 
 
 # --- geometry -----------------------------------------------------------------------------------
@@ -167,6 +171,7 @@ class Geometry(NamedTuple):
     d_star: np.ndarray  # (D,)
     dims: np.ndarray  # (D, n) feature dimensionalities
     represented: np.ndarray  # (D, n) bool, ||W_i|| > REPRESENTED
+    hidden: int = 0  # m, the hidden dimensions
 
 
 def geometry(cfg: SuperpositionConfig) -> Geometry:
@@ -177,31 +182,69 @@ def geometry(cfg: SuperpositionConfig) -> Geometry:
     W = model.W.detach().double()  # (D, m, n)
     d_star = np.array([H.dims_per_feature(w) for w in W])
     dims = torch.stack([H.feature_dimensionality(w) for w in W]).numpy()  # (D, n)
-    return Geometry(dens, d_star, dims, (W.norm(dim=1) > REPRESENTED).numpy())
+    return Geometry(dens, d_star, dims, (W.norm(dim=1) > REPRESENTED).numpy(), W.shape[1])
 
 
-STICKY_RANGE = (0.3, 1.0)  # the sticky list covers this range; sparser geometries (D_i ~ 1/4, 1/5...) lie below
+STICKY_RANGE = (0.3, 1.0)  # round-1 range: the sticky list down to 3/8, with D_i = 1 included
+FRACTIONAL_RANGE = (0.3, 0.9)  # tms-sticky: features in superposition only (D_i = 1 is a dedicated dim)
+WIDTH = 0.03  # "near" a sticky value
 
 
-def sticky_share(width: float) -> float:
-    """Share of STICKY_RANGE within `width` of a sticky value: what uniform D_i there would give (exact
-    up to the grid step 3.5e-6)."""
-    grid = np.linspace(*STICKY_RANGE, 200_001)
-    return float((np.abs(grid[:, None] - np.array(STICKY)[None]) <= width).any(1).mean())
+def sticky_share(width: float, lo: float = STICKY_RANGE[0], hi: float = STICKY_RANGE[1],
+                 values: tuple[float, ...] = STICKY) -> float:
+    """Share of [lo, hi] within `width` of one of `values`: what uniform D_i there would give (exact up
+    to the grid step)."""
+    grid = np.linspace(lo, hi, 200_001)
+    return float((np.abs(grid[:, None] - np.array(values)[None]) <= width).any(1).mean())
 
 
-def geometry_verdict(g: Geometry, seed: int, width: float = 0.03) -> Verdict:
-    d = g.dims[g.represented & (g.dims >= STICKY_RANGE[0])]  # represented features in the sticky range
-    near = (np.abs(d[:, None] - np.array(STICKY)[None]) <= width).any(1).astype(float)  # (features,)
-    ci = bootstrap_ci(near, seed=seed)
-    null = sticky_share(width)
-    return Verdict(crux="feature dimensionalities stick at 1, 3/4, 2/3, 1/2, 2/5, 3/8",
-                   statistic=float(near.mean()), ci=(ci.low, ci.high), null=null, verdict=decide(ci, null),
-                   subject=f"tms relu {g.dims.shape[1]} features, equal importance, all densities",
-                   note=f"fraction of represented features (||W_i|| > {REPRESENTED}) with D_i in "
-                   f"[{STICKY_RANGE[0]}, 1] that lie within {width} of a sticky value, bootstrap over features "
-                   "(features of one model are not independent: the CI is optimistic); null: the same share for "
-                   "D_i uniform on that range")
+def _near(d: np.ndarray, values: tuple[float, ...], width: float) -> np.ndarray:
+    return (np.abs(d[..., None] - np.array(values)) <= width).any(-1)
+
+
+def sticky_evidence(dims: np.ndarray, represented: np.ndarray, seed: int, width: float = WIDTH) -> Evidence:
+    """tms-sticky's statistic on weights of D models: share of represented features with D_i in
+    FRACTIONAL_RANGE near a fractional sticky value; cluster bootstrap over the models."""
+    lo, hi = FRACTIONAL_RANGE
+    values = planted.sticky_values()
+    keep = represented & (dims >= lo) & (dims <= hi)  # (D, n)
+    per_model = {"near": (keep & _near(dims, values, width)).sum(1).astype(float),  # (D,)
+                 "n": keep.sum(1).astype(float)}  # (D,)
+    total = per_model["n"].sum()
+    stat = per_model["near"].sum() / total if total else float("nan")
+    boots = resample(per_model, lambda st: st["near"] / np.where(st["n"] > 0, st["n"], np.nan), 2000, seed)
+    return from_boots(stat, boots, sticky_share(width, lo, hi, values),
+                      f"cluster bootstrap over {dims.shape[0]} models ({int(total)} features in range)",
+                      n_units=dims.shape[0])
+
+
+def sticky_d1_evidence(dims: np.ndarray, represented: np.ndarray, seed: int, width: float = WIDTH) -> Evidence:
+    """The round-1 form (tms-sticky-d1): D_i in [0.3, 1], 1 included, bootstrap over pooled features."""
+    d = dims[represented & (dims >= STICKY_RANGE[0])]  # (features,)
+    return bootstrap_units(_near(d, STICKY, width).astype(float), sticky_share(width),
+                           f"bootstrap over {d.size} pooled features (optimistic)", seed=seed)
+
+
+def _planted_geometry(weights: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    W = torch.stack(weights).double()  # (D, m, n)
+    dims = torch.stack([H.feature_dimensionality(w) for w in W]).numpy()  # (D, n)
+    return dims, (W.norm(dim=1) > REPRESENTED).numpy()
+
+
+def geometry_verdicts(g: Geometry, seed: int, scale: str) -> list[Verdict]:
+    """tms-sticky (and its round-1 form) on the trained models; controls: as many planted models of
+    sticky polytopes (positive) and of random columns (negative), scored by the same functions."""
+    D, n = g.dims.shape
+    m = g.hidden
+    pos = _planted_geometry([planted.polytope_weights(m, n, seed + i) for i in range(D)])
+    neg = _planted_geometry([planted.random_weights(m, n, seed + 100 + i) for i in range(D)])
+    subject = f"tms relu {n} features in {m} dims, equal importance, {D} densities"
+    return [
+        judge("tms-sticky", sticky_evidence(g.dims, g.represented, seed), subject,
+              sticky_evidence(*pos, seed), sticky_evidence(*neg, seed), scale),
+        judge("tms-sticky-d1", sticky_d1_evidence(g.dims, g.represented, seed), subject,
+              sticky_d1_evidence(*pos, seed), sticky_d1_evidence(*neg, seed), scale),
+    ]
 
 
 # --- neuron model -------------------------------------------------------------------------------
@@ -209,6 +252,8 @@ class Neurons(NamedTuple):
     density: np.ndarray  # (D,)
     poly: np.ndarray  # (D, K) fraction of polysemantic live neurons per instance
     W: np.ndarray  # (D, m, n) weights of the lowest-loss instance per density
+    pr: np.ndarray  # (D, K) median PR of live neurons per instance (1a's activation mass)
+    W_all: np.ndarray  # (D, K, m, n) every instance's weights
 
 
 def neuron_model(cfg: SuperpositionConfig) -> Neurons:
@@ -219,20 +264,42 @@ def neuron_model(cfg: SuperpositionConfig) -> Neurons:
                    decay=0.75)
     W = model.W.detach().double()  # (D*K, m, n)
     mom = model.density.double().unsqueeze(1) / 3 * torch.ones(1, 10)  # (D*K, n) E[x_i^2] = p/3
-    poly = np.array([H.neuron_polysemanticity(w.T, m, rectified=True).fraction for w, m in zip(W, mom)])
+    stats = [H.neuron_polysemanticity(w.T, m, rectified=True) for w, m in zip(W, mom)]
+    poly = np.array([st.fraction for st in stats])
+    pr = np.array([st.median for st in stats])
     best = model.final_loss.numpy().reshape(len(dens), K).argmin(-1)  # (D,)
     Wk = W.numpy().reshape(len(dens), K, *W.shape[1:])[np.arange(len(dens)), best]  # (D, m, n)
-    return Neurons(dens, poly.reshape(len(dens), K), Wk)
+    return Neurons(dens, poly.reshape(len(dens), K), Wk, pr.reshape(len(dens), K),
+                   W.numpy().reshape(len(dens), K, *W.shape[1:]))
 
 
-def neuron_verdict(nm: Neurons, seed: int) -> Verdict:
-    diff = nm.poly[-1] - nm.poly[0]  # (K,) sparsest minus densest, per seed
-    ci = bootstrap_ci(diff, seed=seed)
-    return Verdict(crux="neurons become polysemantic as features get sparser", statistic=float(diff.mean()),
-                   ci=(ci.low, ci.high), null=0.0, verdict=decide(ci, 0.0),
-                   subject="tms neuron model 10→5, importance 0.75^i",
-                   note=f"fraction of live neurons with PR >= 1.5 (activation mass, 1a) at density "
-                   f"{nm.density[-1]:.3g} minus at density 1, per seed ({len(diff)} seeds; few: the CI is coarse)")
+def neuron_evidence(dense: list[torch.Tensor], sparse: list[torch.Tensor]) -> Evidence:
+    """tms-neuron's statistic: per seed, median PR of live neurons (activation mass, positive weights)
+    of the sparsest model minus that of the dense one; t interval over seeds. W (m, n) per seed;
+    every feature is given the same second moment (it cancels in the PR within one model)."""
+    def median_pr(W: torch.Tensor) -> float:
+        return H.neuron_polysemanticity(W.T, torch.ones(W.shape[1], dtype=torch.float64), rectified=True).median
+
+    diff = [median_pr(s) - median_pr(d) for d, s in zip(dense, sparse)]  # (K,)
+    return from_refits(diff, 0.0, f"t interval over {len(diff)} training seeds")
+
+
+def neuron_verdict(nm: Neurons, seed: int, scale: str) -> Verdict:
+    """tms-neuron on the trained instances; controls: planted monosemantic weights at density 1
+    against neurons mixing 3 features at the sparsest (positive), monosemantic at both (negative),
+    as many planted seeds as trained ones."""
+    W = torch.from_numpy(nm.W_all)  # (D, K, m, n)
+    K, m, n = W.shape[1:]
+
+    def mix(per: int, i: int) -> torch.Tensor:
+        return torch.from_numpy(planted.mixing_weights(m, n, per, seed + i))
+
+    pos = neuron_evidence([mix(1, i) for i in range(K)], [mix(3, K + i) for i in range(K)])
+    neg = neuron_evidence([mix(1, i) for i in range(K)], [mix(1, K + i) for i in range(K)])
+    ev = neuron_evidence(list(W[0]), list(W[-1]))
+    return judge("tms-neuron", ev, f"tms neuron model {n}→{m}, importance 0.75^i", pos, neg, scale,
+                 note=f"median PR of live neurons at density {nm.density[-1]:.3g} minus at density 1, per seed "
+                 f"({K} seeds)")
 
 
 # --- experiment ---------------------------------------------------------------------------------
@@ -257,12 +324,13 @@ class Superposition(Experiment):
                              cfg.boundary_margin, cfg.seed)
         g = geometry(cfg)
         nm = neuron_model(cfg)
-        verdicts = [phase_verdict(p, cfg.seed), geometry_verdict(g, cfg.seed), neuron_verdict(nm, cfg.seed)]
+        verdicts = [phase_verdict(p, cfg.seed, self.scale), *geometry_verdicts(g, cfg.seed, self.scale),
+                    neuron_verdict(nm, cfg.seed, self.scale)]
         agree = verdicts[0].statistic
         summary = (f"Phase diagram: {agree:.0%} of {int(p.compared.sum())} cells agree with the closed form. "
                    f"Geometry: D* from {g.d_star[0]:.2f} (dense) to {g.d_star[-1]:.2f} (density "
-                   f"{g.density[-1]:.2g}). Neuron model: polysemantic neurons {nm.poly[0].mean():.2f} at density 1, "
-                   f"{nm.poly[-1].mean():.2f} at {nm.density[-1]:.2g}.")
+                   f"{g.density[-1]:.2g}). Neuron model: median features per neuron {nm.pr[0].mean():.2f} at "
+                   f"density 1, {nm.pr[-1].mean():.2f} at {nm.density[-1]:.2g}.")
         return Result(
             experiment=self.name, title=self.title, config=cfg.model_dump(mode="json"), seed=cfg.seed,
             metrics=_metrics(p, g, nm, intro.metrics(t, ist, best)), verdicts=verdicts,
@@ -277,7 +345,7 @@ class Superposition(Experiment):
                 "Black line: s = 4r/(2+5r) (r <= 1), 4/(5+2r) (r >= 1), and r = 1.",
                 "feature_geometry": "Dimensions per feature D* = m/||W||²_F against 1/(1−S), and every feature's "
                 "D_i (represented features, ||W_i|| > 0.5); red dotted lines: the sticky values 1, 3/4, 2/3, 1/2, 2/5, 3/8.",
-                "neuron_model": "Top: fraction of live neurons with PR >= 1.5 (activation mass), per seed (grey) "
+                "neuron_model": "Top: median features per live neuron (PR of activation mass), per seed (grey) "
                 "and mean. Bottom: W (neurons x features) of the lowest-loss instance per density.",
                 "phase_agreement": "Observed against closed-form phase over the scored cells."},
             summary=summary)
@@ -303,6 +371,7 @@ def _metrics(p: Phase, g: Geometry, nm: Neurons, intro_metrics: dict[str, Any]) 
                      "features_represented": g.represented.sum(1),
                      "median_feature_dimensionality": [float(np.median(d[r])) if r.any() else 0.0
                                                        for d, r in zip(g.dims, g.represented)]},
-        "neuron_model": {"density": nm.density, "polysemantic_fraction_mean": nm.poly.mean(1),
+        "neuron_model": {"density": nm.density, "median_pr_mean": nm.pr.mean(1), "median_pr": nm.pr,
+                         "polysemantic_fraction_mean": nm.poly.mean(1),
                          "polysemantic_fraction": nm.poly},
     }

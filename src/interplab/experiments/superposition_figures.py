@@ -73,15 +73,16 @@ def geometry_figure(g: sp.Geometry) -> Figure:
 
 
 def neuron_figure(nm: sp.Neurons) -> Figure:
-    """Fraction of polysemantic neurons against density; W of the kept instance per density."""
+    """Median features per neuron (PR of activation mass) against density; W of the kept instance per density."""
     D = len(nm.density)
     fig = Figure(figsize=(1.3 * D + 3, 4.4), layout="constrained")
     grid = fig.add_gridspec(2, D)
     top = fig.add_subplot(grid[0, :])
-    for k in range(nm.poly.shape[1]):
-        top.scatter(nm.density, nm.poly[:, k], s=10, color="0.6")
-    top.plot(nm.density, nm.poly.mean(1), "o-", color="C0", label="mean of seeds")
-    top.set(xscale="log", xlabel="density 1 − S", ylabel="polysemantic neurons", ylim=(-0.05, 1.05))
+    for k in range(nm.pr.shape[1]):
+        top.scatter(nm.density, nm.pr[:, k], s=10, color="0.6")
+    top.plot(nm.density, nm.pr.mean(1), "o-", color="C0", label="mean of seeds")
+    top.axhline(1.5, color="C3", lw=0.8, ls=":", label="PR 1.5 (more than one feature)")
+    top.set(xscale="log", xlabel="density 1 − S", ylabel="median features per neuron (PR)")
     top.invert_xaxis()
     top.legend(fontsize=7)
     lim = float(np.abs(nm.W).max())

@@ -77,17 +77,26 @@ class BatchStats:
         return Estimate(value, *percentile_ci(boots, level))
 
 
-def resample(stacked: Stats, fn: Statistic, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+def boot_counts(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """How often each of `n` batches is drawn in each of `n_boot` resamples: (n_boot, n) float64."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+
+
+def resample(stacked: Stats, fn: Statistic, n_boot: int = 1000, seed: int = 0,
+             counts: np.ndarray | None = None) -> np.ndarray:
     """fn on `n_boot` bootstrap resamples of the batches: (n_boot,) (empty below 2 batches).
 
     A resample is a vector of counts (how often each batch was drawn), so the resampled sums are a
     matrix product; resamples are processed in chunks that keep the largest statistic in memory.
+    `counts` (n_boot, n) from `boot_counts` fixes the resamples (then n_boot and seed are unused):
+    statistics of several methods on the same batches, resampled with the same counts, are paired.
     """
     n = len(next(iter(stacked.values())))
-    if n < 2 or n_boot < 1:
+    if n < 2 or (n_boot < 1 and counts is None):
         return np.empty(0)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # (n_boot, n)
+    counts = boot_counts(n, n_boot, seed) if counts is None else np.asarray(counts, dtype=np.float64)
+    n_boot = counts.shape[0]
     biggest = max(int(np.prod(v.shape[1:])) for v in stacked.values())
     chunk = max(1, _CHUNK_FLOATS // max(1, biggest))
     out = []

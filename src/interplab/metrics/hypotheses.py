@@ -6,18 +6,23 @@ direction in the activation (neuron) space with a coefficient per input: `direct
 is E[code_i^2] (ground truth codes, or SAE latents as the proxy).
 
 - 1a, neuron polysemanticity: contribution of feature i to neuron j is the activation mass it
-  carries, c_ji = E[code_i^2] * w_ji^2. On a rectified site (ReLU/GELU neurons) only w_ji > 0 counts:
-  a negative weight makes the feature switch the neuron off, it never makes it fire, so
-  `rectified=True` uses the positive part (exact when features fire one at a time, approximate
-  otherwise). PR_j = (sum_i c_ji)^2 / sum_i c_ji^2; statistic: fraction of live neurons with
-  PR_j >= 1.5, and the median PR_j.
-- 1b, feature polysemanticity: PR_i = (sum_j w_ji^2)^2 / sum_j w_ji^4 over neurons j; statistic:
-  fraction of represented features with PR_i >= 1.5, and the median.
-- 2a, sparsity: p_i = P(code_i != 0); fraction with p_i < 0.5 and the median p_i.
-- 2b, superposition: features per dimension ||W||_F^2 / m = 1 / D* (ground truth), or the FVU gain
-  from widening a dictionary (real models, see `fvu`).
+  carries, c_ji = E[code_i^2] * w_ji^2 (the second moment, not the variance: a feature's mass
+  includes its mean). On a rectified site (ReLU/GELU neurons) only w_ji > 0 counts: a negative
+  weight makes the feature switch the neuron off, it never makes it fire, so `rectified=True` uses
+  the positive part (exact when features fire one at a time, approximate otherwise).
+  PR_j = (sum_i c_ji)^2 / sum_i c_ji^2; summaries: the median PR_j over live neurons (what the
+  verdicts test, against 1.5), its log (`median_log_pr`, the privileged-basis comparison) and the
+  fraction with PR_j >= 1.5 (the round-1 form, which saturates at 1 in high dimension).
+- 1b, feature polysemanticity: PR_i = (sum_j w_ji^2)^2 / sum_j w_ji^4 over neurons j; summaries:
+  the median over represented features and the fraction with PR_i >= 1.5.
+- 2a, sparsity: p_i = P(code_i != 0); fraction with p_i < 0.5 and the median p_i (of inputs and
+  planted codes only: the verdict on a learned representation is the SAE-vs-PCA gap, `fvu_rows`).
+- 2b, superposition: features per dimension ||W||_F^2 / m = 1 / D* (ground truth), the count of
+  features with ||W_i|| above a threshold per dimension (`represented_per_dimension`), or the FVU
+  gain from widening a dictionary (real models, see `fvu_rows`).
 
-Nulls: `gaussian_like` (same mean and covariance), `random_rotation` (Haar) and
+Nulls: `gaussian_like` (same mean and covariance), `gaussian_twin` (the same, matched exactly in
+the sample), `random_rotation` (Haar) and
 `rotation_null` (a 1a/1b statistic averaged over random rotations of the neuron basis).
 """
 
@@ -94,6 +99,17 @@ def feature_polysemanticity(
     return _summary(participation_ratio(w2, 1), live, threshold)
 
 
+def median_log_pr(stats: PolyStats) -> float:
+    """Median of log PR over the live units of `stats` (0 when every unit carries one thing)."""
+    kept = stats.pr[stats.live]  # (live,)
+    return float(kept.log().quantile(0.5)) if kept.numel() else float("nan")
+
+
+def represented_per_dimension(W: torch.Tensor, threshold: float) -> float:
+    """2b on trained weights W (m, n): features with ||W_i|| > threshold, per hidden dimension."""
+    return float((W.double().norm(dim=0) > threshold).double().sum() / W.shape[0])
+
+
 def firing_probability(codes: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """p_i = fraction of rows with |code_i| > eps: (n_features,) from codes (N, n_features)."""
     return (codes.abs() > eps).double().mean(0)
@@ -158,6 +174,44 @@ def gaussian_like(x: torch.Tensor, n: int, generator: torch.Generator | None = N
     return (mean + z @ root.T).to(x.dtype if x.dtype == torch.float64 else torch.float32)  # (n, d)
 
 
+class Moments(NamedTuple):
+    """Sample mean (d,) and the symmetric square root (d, d) of the sample covariance of some rows."""
+
+    mean: torch.Tensor
+    root: torch.Tensor
+
+
+def sample_moments(x: torch.Tensor) -> Moments:
+    """The mean and covariance root of rows x (N, d), float64 (round-off negatives clipped)."""
+    x = x.double()
+    d = x.shape[1]
+    evals, evecs = torch.linalg.eigh(torch.cov(x.T).reshape(d, d))
+    return Moments(x.mean(0), (evecs * evals.clamp(min=0).sqrt().unsqueeze(0)) @ evecs.T)
+
+
+def gaussian_twin(x: torch.Tensor, generator: torch.Generator | None = None,
+                  moments: Moments | None = None) -> torch.Tensor:
+    """Gaussian rows (N, d) whose sample mean and covariance equal those of x (N, d) exactly.
+
+    `gaussian_like` draws from N(mean, cov) with the moments estimated from x; with N/d small the
+    draw's own sample covariance scatters around them (its eigenvalues spread, Marchenko-Pastur), so
+    a twin of x is systematically more anisotropic than x. Here a standard normal draw is centred and
+    whitened by its own sample covariance (Cholesky) before taking x's moments, so any rank-k linear
+    code (PCA) scores exactly alike on x and on its twin and only x's non-Gaussian structure can tell
+    them apart. `moments`: x's `sample_moments`, when several twins of x are drawn. Needs N > d;
+    otherwise falls back to `gaussian_like`.
+    """
+    n, d = x.shape
+    if n <= d:
+        return gaussian_like(x.double(), n, generator)
+    m = moments if moments is not None else sample_moments(x)
+    z = torch.randn(n, d, generator=generator, dtype=torch.float64)  # (n, d)
+    z = z - z.mean(0)
+    chol = torch.linalg.cholesky(z.T @ z / (n - 1))  # (d, d) lower
+    z = torch.linalg.solve_triangular(chol, z.T, upper=False).T  # (n, d) sample covariance exactly I
+    return m.mean + z @ m.root  # (n, d)
+
+
 def fvu_rows(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     """Per-row squared error and the total variance, so that FVU = err.sum() / total (float64).
 
@@ -180,8 +234,9 @@ def pca_reconstruction(train: torch.Tensor, x: torch.Tensor, k: int) -> torch.Te
     Gaussian data, and a function of the covariance alone."""
     train, x = train.double(), x.double()
     mean = train.mean(0)  # (d,)
-    _, _, vh = torch.linalg.svd(train - mean, full_matrices=False)
-    v = vh[:k].T  # (d, k)
+    centred = train - mean  # (N, d)
+    _, evecs = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    v = evecs[:, -k:]  # (d, k) the top-k principal directions
     return mean + ((x - mean) @ v) @ v.T  # (M, d)
 
 

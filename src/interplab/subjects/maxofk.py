@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ _CACHE_VERSION = 1  # bump when training or the parameter layout changes, so old
 _EVAL_SEED = 15_485_863  # evaluation sequences apart from those of the usual small training seeds
 _EVAL_SAMPLES = 8192
 _MIN_ACCURACY = 0.99
+Task = Literal["max", "min", "first"]
 
 
 class MaxOfKConfig(Config):
@@ -56,6 +58,9 @@ class MaxOfKConfig(Config):
     """AdamW weight decay."""
     seed: int = 0
     """Seed of the initialisation and of the training sequences."""
+    task: Task = "max"
+    """What the model is trained to output: the largest token (the subject's task), or, for checks
+    that need a model of the same architecture doing something else, the smallest or the first token."""
 
 
 class AttentionBlock(nn.Module):
@@ -116,18 +121,29 @@ def sample_tokens(n: int, vocab: int, k: int, generator: torch.Generator | None 
     return torch.randint(0, vocab, (n, k), generator=generator)
 
 
-def _loss(model: MaxOfKModel, tokens: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the last-position logits against the largest token."""
-    return F.cross_entropy(model(tokens), tokens.max(dim=1).values)
+def labels(tokens: torch.Tensor, task: Task = "max") -> torch.Tensor:
+    """The target of each sequence (n,) for `task`: its largest, smallest or first token."""
+    if task == "max":
+        return tokens.max(dim=1).values
+    if task == "min":
+        return tokens.min(dim=1).values
+    return tokens[:, 0]
+
+
+def _loss(model: MaxOfKModel, tokens: torch.Tensor, task: Task = "max") -> torch.Tensor:
+    """Cross-entropy of the last-position logits against the task's label (the largest token by default)."""
+    return F.cross_entropy(model(tokens), labels(tokens, task))
 
 
 @torch.no_grad()
-def accuracy(subject_or_model: Subject | MaxOfKModel, n: int = 2048, generator: torch.Generator | None = None) -> float:
-    """Fraction of `n` fresh random sequences whose max the model predicts (argmax of its logits)."""
+def accuracy(subject_or_model: Subject | MaxOfKModel, n: int = 2048, generator: torch.Generator | None = None,
+             task: Task = "max") -> float:
+    """Fraction of `n` fresh random sequences whose label (the max, by default) the model predicts
+    (argmax of its logits)."""
     model = subject_or_model.model if isinstance(subject_or_model, Subject) else subject_or_model
     vocab, k = model.W_U.shape[1], model.W_pos.shape[0]
     tokens = sample_tokens(n, vocab, k, generator)  # (n, k)
-    return (model(tokens).argmax(-1) == tokens.max(dim=1).values).float().mean().item()
+    return (model(tokens).argmax(-1) == labels(tokens, task)).float().mean().item()
 
 
 def _lr_at(step: int, cfg: MaxOfKConfig) -> float:
@@ -149,7 +165,7 @@ def _fit(cfg: MaxOfKConfig) -> MaxOfKModel:
         for step in range(cfg.steps):
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
-            loss = _loss(model, sample_tokens(cfg.batch_size, cfg.vocab, cfg.k, gen))
+            loss = _loss(model, sample_tokens(cfg.batch_size, cfg.vocab, cfg.k, gen), cfg.task)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -160,7 +176,10 @@ def _fit(cfg: MaxOfKConfig) -> MaxOfKModel:
 
 
 def _cache_key(cfg: MaxOfKConfig) -> dict:
-    return {**cfg.model_dump(mode="json"), "cache_version": _CACHE_VERSION}
+    key = cfg.model_dump(mode="json")
+    if key["task"] == "max":  # the key of every model cached before `task` existed stays valid
+        del key["task"]
+    return {**key, "cache_version": _CACHE_VERSION}
 
 
 def train_maxofk(cfg: MaxOfKConfig) -> MaxOfKModel:
@@ -173,7 +192,7 @@ def train_maxofk(cfg: MaxOfKConfig) -> MaxOfKModel:
         return model
     start = time.perf_counter()
     model = _fit(cfg)
-    acc = accuracy(model, _EVAL_SAMPLES, torch.Generator().manual_seed(_EVAL_SEED))
+    acc = accuracy(model, _EVAL_SAMPLES, torch.Generator().manual_seed(_EVAL_SEED), cfg.task)
     if acc < _MIN_ACCURACY:
         raise UserError(
             f"max-of-k training reached only {acc:.2%} accuracy (< {_MIN_ACCURACY:.0%}) with {cfg.model_dump()}; "
@@ -181,6 +200,51 @@ def train_maxofk(cfg: MaxOfKConfig) -> MaxOfKModel:
         )
     meta = {**_cache_key(cfg), "accuracy": acc, "eval_samples": _EVAL_SAMPLES, "seconds": time.perf_counter() - start}
     cache.save_tensors(folder, model.state_dict(), meta)
+    return model
+
+
+HAND_SET_DIMS = 9  # residual dimensions a hand-set model uses; the rest stay zero
+
+
+def hand_set_model(vocab: int, k: int, token_score: torch.Tensor, position_score: torch.Tensor | None = None,
+                   value_angle: torch.Tensor | None = None, position_push: torch.Tensor | None = None,
+                   d_model: int = 32) -> MaxOfKModel:
+    """A max-of-k model whose mechanism is set by hand, for checks that need a known answer.
+
+    From every query, the attention score of the key at position p holding token t is
+    `token_score[t] + position_score[p]` (after the 1/√d_head scaling); token t's value is the unit
+    vector at angle `value_angle[t]` (default θ_t = π t / vocab), position p adds the 2-vector
+    `position_push[p]`, and output o reads the direction θ_o. There is no direct path. So with scores
+    that rise steeply in t (gaps above ~750, where float64 softmax underflows) attention is exactly
+    one-hot on the max, and output m wins when the attended value points at θ_m.
+
+    Residual layout: [cos, sin of the value angle, token score, 1, out cos, out sin, position score,
+    push x, push y] then zeros; d_model >= 9.
+    """
+    if d_model < HAND_SET_DIMS:
+        raise UserError(f"a hand-set max-of-k model needs d_model >= {HAND_SET_DIMS}, got {d_model}")
+    dt = torch.float32
+    theta = torch.pi * torch.arange(vocab, dtype=torch.float64) / vocab  # (vocab,) output directions
+    phi = theta if value_angle is None else value_angle.to(torch.float64)
+    pos_score = torch.zeros(k) if position_score is None else position_score
+    push = torch.zeros(k, 2) if position_push is None else position_push
+    model = MaxOfKModel(vocab, d_model, k)
+    W_E, W_pos = torch.zeros(vocab, d_model), torch.zeros(k, d_model)
+    W_E[:, 0], W_E[:, 1], W_E[:, 2], W_E[:, 3] = phi.cos(), phi.sin(), token_score.to(dt), 1.0
+    W_pos[:, 6], W_pos[:, 7], W_pos[:, 8] = pos_score.to(dt), push[:, 0].to(dt), push[:, 1].to(dt)
+    W_Q, W_K = torch.zeros(d_model, d_model), torch.zeros(d_model, d_model)
+    W_Q[3, 0] = math.sqrt(d_model)  # the query reads the constant: q = √d e_0, so q·k/√d = key[0]
+    W_K[2, 0] = W_K[6, 0] = 1.0  # key[0] = token score + position score
+    W_V, W_O = torch.zeros(d_model, d_model), torch.zeros(d_model, d_model)
+    W_V[0, 1] = W_V[7, 1] = W_V[1, 2] = W_V[8, 2] = 1.0  # value = angle vector + position push
+    W_O[1, 4] = W_O[2, 5] = 1.0
+    W_U = torch.zeros(d_model, vocab)
+    W_U[4], W_U[5] = theta.cos().to(dt), theta.sin().to(dt)
+    block = model.blocks[0]
+    with torch.no_grad():
+        for param, value in [(model.W_E, W_E), (model.W_pos, W_pos), (model.W_U, W_U), (block.W_Q, W_Q),
+                             (block.W_K, W_K), (block.W_V, W_V), (block.W_O, W_O)]:
+            param.copy_(value)
     return model
 
 
@@ -210,6 +274,6 @@ class MaxOfK:
             return sample_tokens(n, cfg.vocab, cfg.k, generator)  # (n, k)
 
         def loss(tokens: torch.Tensor) -> torch.Tensor:
-            return _loss(model, tokens)
+            return _loss(model, tokens, cfg.task)
 
         return Subject("maxofk", model, sample, loss, cfg.model_dump(), token_dims=2, sites=_sites(model))

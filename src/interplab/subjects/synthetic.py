@@ -8,10 +8,22 @@ than dimensions: superposition by construction), with random positive magnitudes
 `sample` returns the inputs of the model (the codes, plus the noise when there is any) so that
 `capture(model, ["hidden"])` gives the activations like for every other subject; use
 `sample_activations` to get activations and true codes side by side.
+
+Two companions built from the same settings serve as controls (`kind`):
+- "gaussian": a Gaussian with exactly the planted activations' mean and covariance (closed form),
+  drawn as mean + z A with z standard normal: no sparse structure, no features to recover;
+- "rotation": d dense standard-normal codes through a random d x d rotation. The rows of the
+  rotation are its "features", but any rotation of them explains the data as well: they cannot be
+  identified by any method.
+`readout_threshold` adds a fixed downstream layer that reads each planted feature,
+ReLU(<h, feature_i> - threshold); the subject's loss is then the readout's squared distortion,
+sum_i (readout_i(h) - readout_i(h_clean))^2 averaged over rows, so splicing a reconstruction in
+at `hidden` has a cost on every kind (0 when the reconstruction is exact).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 import torch
@@ -50,11 +62,19 @@ class SyntheticConfig(Config):
     """Standard deviation of isotropic Gaussian noise added to the activations."""
     seed: int = 0
     """Seed of the dictionary and of the feature groups."""
+    kind: Literal["sparse", "gaussian", "rotation"] = "sparse"
+    """'sparse': the planted dictionary; 'gaussian': a Gaussian with its mean and covariance;
+    'rotation': d dense Gaussian codes through a random rotation (see the module docstring)."""
+    readout_threshold: float | None = Field(None, ge=0)
+    """When set, the model ends in ReLU(<h, feature_i> - threshold) for every planted feature and the
+    subject's loss is that readout's squared distortion (None: no readout, no loss)."""
 
     @model_validator(mode="after")
     def _reachable(self) -> SyntheticConfig:
         if self.mean_active > self.n_features:
             raise ValueError(f"mean_active ({self.mean_active}) cannot exceed n_features ({self.n_features})")
+        if self.kind == "gaussian" and self.correlation > 0:
+            raise ValueError("kind='gaussian' needs correlation = 0 (its covariance is computed in closed form)")
         return self
 
 
@@ -99,23 +119,36 @@ def _dictionary(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class SyntheticModel(nn.Module):
-    """codes (batch, n_features) [+ noise (batch, d)] -> activations (batch, d); site `hidden`.
+    """codes (batch, n_codes) [+ noise (batch, d)] -> activations (batch, d); site `hidden`.
 
-    Inputs wider than n_features carry the noise in their last d columns, so the model stays a
-    pure function of its input and repeated forward passes agree.
+    Inputs wider than n_codes carry the noise in their last d columns, so the model stays a
+    pure function of its input and repeated forward passes agree. With a `readout` (R, d) the
+    output is ReLU(h readout^T - threshold) (batch, R) instead of the activations h.
     """
 
-    def __init__(self, features: torch.Tensor):
+    def __init__(self, features: torch.Tensor, bias: torch.Tensor | None = None,
+                 readout: torch.Tensor | None = None, threshold: float = 0.0):
         super().__init__()
-        self.register_buffer("features", features)  # (n_features, d)
+        self.register_buffer("features", features)  # (n_codes, d)
+        self.register_buffer("bias", torch.zeros(features.shape[1]) if bias is None else bias)  # (d,)
+        self.register_buffer("readout", readout)  # (R, d) or None
+        self.threshold = threshold
         self.hidden = HookPoint()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def acts(self, x: torch.Tensor) -> torch.Tensor:
+        """The activations (batch, d), computed without the `hidden` hook point (never spliced)."""
         n = self.features.shape[0]
-        acts = x[:, :n] @ self.features  # (batch, d)
+        acts = x[:, :n] @ self.features + self.bias  # (batch, d)
         if x.shape[1] > n:
             acts = acts + x[:, n:]  # (batch, d)
-        return self.hidden(acts)
+        return acts
+
+    def read(self, h: torch.Tensor) -> torch.Tensor:
+        """The downstream readout of activations h (batch, d) -> (batch, R); h itself without one."""
+        return h if self.readout is None else torch.relu(h @ self.readout.T - self.threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.read(self.hidden(self.acts(x)))
 
 
 def _sample_codes(
@@ -149,7 +182,30 @@ def sample_activations(subject: Subject, n: int, generator: torch.Generator | No
     x = subject.sample(n, generator)
     k = subject.ground_truth["features"].shape[0]
     with torch.no_grad():
-        return SyntheticBatch(subject.model(x), x[:, :k])
+        return SyntheticBatch(subject.model.acts(x), x[:, :k])
+
+
+def planted_moments(cfg: SyntheticConfig, features: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (d,) and covariance (d, d) of the planted activations, float64, in closed form for
+    independent firing: code_i = active_i * magnitude_i has mean p_i E[m], variance p_i E[m^2] - (p_i E[m])^2."""
+    m1, m2 = 1.0, {"uniform": 1.0 + 1.0 / 12.0, "lognormal": math.exp(cfg.lognormal_sigma**2), "constant": 1.0}[cfg.magnitude]
+    p, F = p.double(), features.double()  # (n_features,), (n_features, d)
+    var = p * m2 - (p * m1) ** 2  # (n_features,)
+    cov = F.T @ (var[:, None] * F) + cfg.noise**2 * torch.eye(cfg.d, dtype=torch.float64)  # (d, d)
+    return (p * m1) @ F, cov
+
+
+def _square_root(cov: torch.Tensor) -> torch.Tensor:
+    """A (d, d) with A^T A = cov (symmetric square root; cov may be singular)."""
+    vals, vecs = torch.linalg.eigh(cov)
+    return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T  # (d, d)
+
+
+def _rotation(cfg: SyntheticConfig) -> torch.Tensor:
+    """A Haar-random rotation (d, d), rows orthonormal, from the dictionary's seed."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + _DICT_SEED_OFFSET + 1)
+    q, r = torch.linalg.qr(torch.randn(cfg.d, cfg.d, generator=gen, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r))).T.float().contiguous()  # (d, d)
 
 
 @SUBJECTS.register("synthetic", help="activations planted from a known sparse dictionary of unit directions")
@@ -162,14 +218,33 @@ class Synthetic:
     def build(cfg: SyntheticConfig) -> Subject:
         features, groups = _dictionary(cfg)
         p = firing_probabilities(cfg)
-        model = SyntheticModel(features)
+        readout = features if cfg.readout_threshold is not None else None
+        if cfg.kind == "sparse":
+            model = SyntheticModel(features, None, readout, cfg.readout_threshold or 0.0)
+            truth = {"features": features, "firing_prob": p, "groups": groups}  # groups: correlated-firing group ids
+            draw = lambda n, g: _sample_codes(cfg, p, groups, n, g)  # noqa: E731  (n, n_features)
+        elif cfg.kind == "gaussian":
+            mean, cov = planted_moments(cfg, features, p)
+            model = SyntheticModel(_square_root(cov).float(), mean.float(), readout, cfg.readout_threshold or 0.0)
+            truth = {}  # no sparse structure: nothing to recover
+            draw = lambda n, g: torch.randn(n, cfg.d, generator=g)  # noqa: E731  (n, d)
+        else:
+            rotation = _rotation(cfg)  # (d, d)
+            model = SyntheticModel(rotation, None, readout, cfg.readout_threshold or 0.0)
+            truth = {"features": rotation, "firing_prob": torch.ones(cfg.d)}
+            draw = lambda n, g: torch.randn(n, cfg.d, generator=g)  # noqa: E731  (n, d) dense codes
 
         def sample(n: int, generator: torch.Generator | None = None, split: str = "train") -> torch.Tensor:
-            codes = _sample_codes(cfg, p, groups, n, generator)  # (n, n_features)
-            if cfg.noise == 0:
+            codes = draw(n, generator)
+            # the gaussian kind's noise is inside its covariance already
+            if cfg.noise == 0 or cfg.kind == "gaussian":
                 return codes
             noise = cfg.noise * torch.randn(n, cfg.d, generator=generator)  # (n, d)
-            return torch.cat([codes, noise], dim=1)  # (n, n_features + d)
+            return torch.cat([codes, noise], dim=1)  # (n, n_codes + d)
 
-        truth = {"features": features, "firing_prob": p, "groups": groups}  # groups: correlated-firing group ids
-        return Subject("synthetic", model, sample, None, cfg.model_dump(), ground_truth=truth)
+        loss = None
+        if readout is not None:
+            def loss(x: torch.Tensor) -> torch.Tensor:  # squared distortion of the readout, mean over rows
+                return (model(x) - model.read(model.acts(x))).pow(2).sum(1).mean()
+
+        return Subject("synthetic", model, sample, loss, cfg.model_dump(), ground_truth=truth)
