@@ -18,13 +18,15 @@ from interplab.decompose.sparsify import load_sparsify
 from interplab.errors import UserError
 from interplab.experiments.eval_sae import EvalConfig, evaluate_folder, load_folder
 from interplab.metrics import evaluate
+from interplab.metrics.loss_curve import default_ns
 from interplab.store import harvest_rows
 from interplab.subjects import load_subject
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "saelens"  # in the repo: never skipped
 TINY = {"d_model": 16, "seq_len": 32}  # the SAELens fixtures read d_in = 16
 SITE = "resid_post.0"
-FAST = {"train_tokens": 1024, "n_batches": 2, "batch_size": 4, "n_boot": 50, "sae_steps": 60}
+FAST = {"train_tokens": 1024, "n_batches": 2, "batch_size": 4, "n_boot": 50, "sae_steps": 60, "loss_curve": False}
+CURVE = {"loss_curve": True, "curve_rank_batches": 1, "curve_singles": 4}  # on where a test reads the curves
 
 pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
@@ -69,7 +71,7 @@ def _fixture(name: str) -> Path:
 
 def test_saelens_fixture_beside_baselines(tmp_path, tiny):
     path = _fixture("topk")
-    result = evaluate_folder(path, _cfg(), tmp_path / "run")
+    result = evaluate_folder(path, _cfg(**CURVE), tmp_path / "run")
     data = json.loads((tmp_path / "run" / "results.json").read_text())
     scores = data["metrics"]["scores"]
     assert list(scores) == ["topk", "pca", "sae-topk"]
@@ -83,7 +85,15 @@ def test_saelens_fixture_beside_baselines(tmp_path, tiny):
     assert {"fvu", "ce_score_mean", "delta_ce_nats", "kl_score", "bits_per_token", "interp_score"} <= set(want)
     assert (tmp_path / "run" / "index.html").is_file() and (tmp_path / "run" / "figures" / "yardstick.png").is_file()
     assert data["key_figure"] == "yardstick" and result.tables["yardstick"]["columns"] == ["metric", *scores]
-    assert "not computed yet" in data["summary"]  # the loss-explained curve's hook is visible
+    curves = data["metrics"]["loss_curve"]  # every method on the loss curve, on the same inputs
+    assert list(curves) == list(scores) and (tmp_path / "run" / "figures" / "loss_curve.png").is_file()
+    for name, c in curves.items():
+        assert c["ns"] == default_ns(setup[name]["n_components"]) and c["width"] == setup[name]["n_components"]
+        assert all(math.isfinite(v) for v in c["frac_mean"]) and len(c["frac_mean_ci"]) == len(c["ns"])
+        assert c["loss_clean"] == curves["pca"]["loss_clean"]  # paired: the same scoring batches
+    assert "50% / 90%" in data["summary"]
+    off = evaluate_folder(path, _cfg(baselines=False), tmp_path / "off")
+    assert "loss_curve" not in off.metrics and "loss_curve" not in off.figures
 
 
 @pytest.mark.parametrize("arch", ["standard", "jumprelu"])

@@ -7,8 +7,10 @@ them) or one hookpoint of a sparsify checkpoint (cfg.json + sae.safetensors). It
 site's training-split activations sets the budget k; sign-split PCA at that k and interplab's
 sae-topk at that k and width are fitted on the same activations. All of them are then scored by
 `interplab.metrics.evaluate_many` on the same held-out batches, so your SAE's numbers are exactly
-those `interplab.metrics.evaluate` gives it with the same settings. The run folder gets
-results.json, figures/ and index.html like any experiment's.
+those `interplab.metrics.evaluate` gives it with the same settings. Each method also gets its loss
+curve (`interplab.metrics.loss_curve`: loss recovered against the number of features read), all on
+the same ranking and scoring inputs. The run folder gets results.json, figures/ and index.html like
+any experiment's.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from interplab.errors import UserError
 from interplab.experiments.base import Result, write_result
 from interplab.hooks import activations
 from interplab.metrics import evaluate_many
+from interplab.metrics.loss_curve import loss_curves as curves_of
 from interplab.report.html import fmt, fmt_ci
 from interplab.store import harvest_rows
 from interplab.subjects import load_subject
@@ -64,6 +67,12 @@ class EvalConfig(Config):
     """Optimizer steps of the built-in sae-topk."""
     sae_width: int | None = Field(None, ge=1)
     """Latents of the built-in sae-topk (None: as many as yours)."""
+    loss_curve: bool = True
+    """Also draw each method's loss curve (loss recovered against the n features read, `metrics.loss_curve`)."""
+    curve_rank_batches: int = Field(4, ge=1)
+    """Training-split batches the loss curve ranks features on (its scoring batches are the n_batches held-out ones)."""
+    curve_singles: int = Field(16, ge=0)
+    """Features per method spliced in alone for the loss curve's single-feature shares (a sample of the live ones)."""
     seed: int = 0
     """Seed of the activations drawn, the baselines' fits and the evaluation batches."""
 
@@ -117,14 +126,15 @@ def baselines(dec: Decomposer, rows: torch.Tensor, cfg: EvalConfig) -> tuple[dic
 
 
 def loss_curves(decs: dict[str, Decomposer], subject: Subject, site: str, cfg: EvalConfig) -> dict[str, Any]:
-    """HOOK (issue 12): the loss-explained curve of each decomposition.
-
-    Plugs in once `interplab.metrics.loss_curve(decomposition, subject, site, ns=...)` exists:
-    `return {name: loss_curve(dec, subject, site, ns=...) for name, dec in decs.items()}`, with the
-    curves drawn as a second figure and listed in `metrics["loss_curve"]`. Until then nothing is
-    computed and the page says so.
-    """
-    return {}
+    """Each method's loss curve (`interplab.metrics.loss_curves`, issue 12): features ranked by
+    first-order attribution on training-split inputs, the top n spliced in on held-out inputs
+    (n = 1, 2, 4, ... up to the width), all methods on the same inputs; {} when `cfg.loss_curve` is off."""
+    if not cfg.loss_curve:
+        return {}
+    ui.info(f"eval: loss curves of {', '.join(decs)}")
+    curves = curves_of(decs, subject, site, rank_batches=cfg.curve_rank_batches, score_batches=max(2, cfg.n_batches),
+                       batch_size=cfg.batch_size, singles=cfg.curve_singles, seed=cfg.seed)
+    return {name: c.summary(cfg.n_boot, cfg.seed) for name, c in curves.items()}
 
 
 def evaluate_folder(path: Path, cfg: EvalConfig, out_dir: Path) -> Result:
@@ -153,10 +163,14 @@ def evaluate_folder(path: Path, cfg: EvalConfig, out_dir: Path) -> Result:
         seed=cfg.seed, metrics={"scores": scores, "setup": setup, "evaluate_settings": settings, "path": str(path),
                                 **({"loss_curve": curves} if curves else {})},
         tables={"yardstick": _table(scores), "setup": _setup_table(setup)},
-        figures={"yardstick": _figure(scores)}, key_figure="yardstick",
+        figures={"yardstick": _figure(scores), **({"loss_curve": _curve_figure(curves)} if curves else {})},
+        key_figure="yardstick",
         captions={"yardstick": "Each metric with its 95% CI over evaluation batches, per method",
+                  "loss_curve": "Fraction of the mean-ablation loss gap recovered with the top-n features (ranked by "
+                                "first-order attribution on training text) spliced in on held-out text, every other "
+                                "feature at its mean; 95% CI over scoring batches",
                   "setup": "What was scored: L0 (k) on training rows; baselines fitted at your SAE's L0"},
-        summary=_summary(yours, kind, setup, subject.name, cfg, bool(curves)),
+        summary=_summary(yours, kind, setup, subject.name, cfg, curves),
         scale="",  # not an experiment's small/default scale: the settings above say what ran
     )
     result.seconds = time.perf_counter() - start
@@ -208,7 +222,27 @@ def _figure(scores: dict[str, dict[str, Any]]) -> Figure:
     return fig
 
 
-def _summary(yours: str, kind: str, setup: dict[str, Any], subject: str, cfg: EvalConfig, curves: bool) -> str:
+def _curve_figure(curves: dict[str, dict[str, Any]]) -> Figure:
+    """Loss recovered against features read (log n), one line and CI band per method."""
+    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for name, c in curves.items():
+        ns = np.asarray(c["ns"], dtype=float)
+        frac = np.array([np.nan if v is None else v for v in c["frac_mean"]], dtype=float)
+        ci = np.array([[np.nan if v is None else v for v in pair] for pair in c["frac_mean_ci"]], dtype=float)
+        (line,) = ax.plot(ns, frac, marker="o", ms=3, label=name)
+        if ci.size:
+            ax.fill_between(ns, ci[:, 0], ci[:, 1], color=line.get_color(), alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.axhline(1.0, color="#8c959f", lw=0.8, ls="--")
+    ax.set_xlabel("features read (n)")
+    ax.set_ylabel("fraction of loss recovered")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _summary(yours: str, kind: str, setup: dict[str, Any], subject: str, cfg: EvalConfig,
+             curves: dict[str, dict[str, Any]]) -> str:
     s = setup[yours]
     text = (f"{yours} ({kind} format, {s['n_components']} latents, mean L0 {s['k']} on {cfg.train_tokens} training-split "
             f"activations) at site {cfg.site} of {subject}, scored on {cfg.n_batches} held-out batches")
@@ -217,6 +251,8 @@ def _summary(yours: str, kind: str, setup: dict[str, Any], subject: str, cfg: Ev
         text += (f" beside sign-split PCA at k={k} and interplab's sae-topk at k={k} "
                  f"({setup['sae-topk']['n_components']} latents, {cfg.sae_steps} steps), fitted on the same activations")
     text += "."
-    if not curves:
-        text += "\nThe loss-explained curve (loss recovered against features read) is not computed yet."
+    if curves:
+        reads = "; ".join(f"{name} {c['n50'] or '>' + str(c['width'])} / {c['n90'] or '>' + str(c['width'])}"
+                          for name, c in curves.items())
+        text += f"\nFeatures needed for 50% / 90% of the loss recovered (loss curve): {reads}."
     return text

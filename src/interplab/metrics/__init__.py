@@ -11,12 +11,16 @@ Modules, each usable on its own:
 - `description_length`: bits per token (firing pattern + values + residual) and dictionary bits;
 - `groundtruth`: MMCS, Hungarian-matched MCC, firing precision/recall/F1, random floor;
 - `interpretability`: automatic token labels, monosemanticity, sparse probing;
-- `bootstrap`: per-batch sufficient statistics and percentile CIs over evaluation batches.
+- `bootstrap`: per-batch sufficient statistics and percentile CIs over evaluation batches;
+- `loss_curve`: loss recovered as a function of the number of features read (top-n by attribution),
+  single-feature shares, n for 50% / 90% (`splice_batch` batches the splices of one site);
+- `compute`: a ladder's fitted L(C) = a C^-b + c and the compute-equivalent of a loss.
 
 Metrics sit left of experiments: nothing here imports `interplab.experiments`.
 """
 
 from interplab.metrics.bootstrap import BatchStats, Estimate
+from interplab.metrics.compute import ComputeEquivalent, Ladder, LadderPoint, compute_equivalent, fit_ladder
 from interplab.metrics.description_length import (
     DescriptionLength,
     description_length,
@@ -35,6 +39,8 @@ from interplab.metrics.groundtruth import (
     mmcs,
     random_floor,
 )
+from interplab.metrics.feature_basis import Basis, TrueFeatures, as_basis
+from interplab.metrics.loss_curve import LossCurve, loss_curve, loss_curves
 from interplab.metrics.interpretability import (
     Labels,
     monosemanticity,
@@ -52,7 +58,18 @@ from interplab.metrics.reconstruction import (
 )
 
 __all__ = [
+    "Basis",
     "BatchStats",
+    "ComputeEquivalent",
+    "Ladder",
+    "LadderPoint",
+    "LossCurve",
+    "TrueFeatures",
+    "as_basis",
+    "compute_equivalent",
+    "fit_ladder",
+    "loss_curve",
+    "loss_curves",
     "DescriptionLength",
     "Estimate",
     "EvalSettings",

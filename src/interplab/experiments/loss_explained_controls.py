@@ -1,0 +1,113 @@
+"""Planted controls of the loss-explained cruxes: readout toys run through the very same pipeline.
+
+Each crux has a positive control (its claim true by construction) and a negative one (false by
+construction), both `readout` toys (`interplab.subjects.readout`) built here and passed to
+`run_study` with the run's own settings (SAE width factor, k, steps and refits, splits, batch
+sizes, bootstrap), then to the crux's own evidence function. Toys that the compute cruxes read
+come with their own ladder: the same readout trained for LADDER_STEPS steps, the subject on top.
+Results are cached with `cached_evidence` (keyed by the toy, the settings and the code).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from interplab.experiments.loss_explained_study import (
+    Study,
+    StudyResult,
+    compute_evidence,
+    run_study,
+    sae_pca_evidence,
+    share_evidence,
+)
+from interplab.metrics.feature_basis import TrueFeatures
+from interplab.metrics.loss_curve import draw_splits
+from interplab.store import harvest_rows
+from interplab.subjects.readout import ReadoutConfig, build, readout_flops
+from interplab.verdicts import Evidence, cached_evidence
+
+LADDER_STEPS = [4, 16, 64, 256, 1024, 4096]
+TOYS: dict[str, dict[str, Any]] = {
+    # a few sparse features carry the loss; PCA's components mix all 128 features
+    "few": {"codes": "sparse", "n_features": 128, "d": 96, "important": 8, "mean_active": 3.0},
+    # the loss reads the 16 highest-variance directions of a Gaussian site: PCA's own basis
+    "dense": {"codes": "gaussian", "n_features": 72, "d": 72, "important": 16, "decay": 0.97, "noise": 0.3},
+    # the loss reads every direction of an isotropic Gaussian site: each direction ~1/72 of it
+    "flat": {"codes": "gaussian", "n_features": 72, "d": 72, "decay": 1.0, "noise": 0.3},
+    # two features in two dimensions, each ~1/2 of the loss
+    "two": {"codes": "sparse", "n_features": 2, "d": 2, "mean_active": 1.0, "noise": 0.1},
+}
+WITH_LADDER = {"few", "flat"}
+CONTROLS: dict[str, tuple[str, str]] = {  # crux -> (positive toy, negative toy)
+    "lx-sae-pca-8": ("few", "dense"),
+    "lx-sae-pca-64": ("few", "dense"),
+    "lx-share": ("flat", "two"),
+    "lx-compute-64": ("flat", "few"),
+    "lx-compute-full": ("flat", "few"),
+}
+PIPELINE_KEYS = ("sae_k", "width_factor", "sae_max_width", "sae_steps", "sae_batch_size", "sae_lr", "refits", "rank_batches",
+                 "score_batches", "toy_batch_size", "toy_train_rows", "singles", "singles_top", "n_boot", "seed",
+                 "max_rows")
+_RESULTS: dict[str, StudyResult] = {}
+
+
+def toy_config(name: str, steps: int = LADDER_STEPS[-1]) -> ReadoutConfig:
+    return ReadoutConfig(**TOYS[name], steps=steps, batch_size=128, lr=0.02)
+
+
+def toy_study(name: str, cfg: Any) -> Study:
+    """The toy `name` as a study of its site `hidden`, with its ladder where a compute crux reads it."""
+    rcfg = toy_config(name)
+    subject = build(rcfg)
+    rows = harvest_rows(subject, ["hidden"], cfg.toy_train_rows, cfg.seed, 4096, cached=False)["hidden"]
+    splits = draw_splits(subject, cfg.rank_batches, cfg.score_batches, cfg.toy_batch_size, cfg.seed)
+    m = rcfg.n_features
+    truth = TrueFeatures(subject.ground_truth["features"], lambda z: z[:, :m])
+    rungs = None
+    if name in WITH_LADDER:
+        rungs = []
+        for s in LADDER_STEPS:
+            r = toy_config(name, s)
+            rungs.append((f"{s} steps", build(r), readout_flops(r)[2]))
+    return Study(f"control/{name}", subject, "hidden", rows, splits, truth, rungs)
+
+
+def toy_result(name: str, cfg: Any) -> StudyResult:
+    """The pipeline's result on toy `name`, computed once per process and settings."""
+    key = json.dumps({"toy": name, **settings(cfg)}, sort_keys=True, default=str)
+    if key not in _RESULTS:
+        _RESULTS[key] = run_study(toy_study(name, cfg), cfg)
+    return _RESULTS[key]
+
+
+def settings(cfg: Any) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in PIPELINE_KEYS}
+
+
+def crux_evidence(crux: str, result: StudyResult, cfg: Any) -> Evidence | None:
+    """The crux's statistic on a study result: the one function real subjects and controls share."""
+    if crux.startswith("lx-sae-pca-"):
+        return sae_pca_evidence(result, int(crux.rsplit("-", 1)[1]), cfg)
+    if crux == "lx-share":
+        return share_evidence(result, cfg)
+    if crux == "lx-compute-64":
+        return compute_evidence(result, "n64", "sae", cfg)
+    if crux == "lx-compute-full":
+        return compute_evidence(result, "full", "sae", cfg)
+    raise KeyError(crux)
+
+
+def controls(crux: str, cfg: Any) -> tuple[Evidence | None, Evidence | None]:
+    """(positive, negative) evidence of a crux, cached by toy, settings and code."""
+    out = []
+    for role, name in zip(("positive", "negative"), CONTROLS[crux]):
+        spec = {"role": role, "toy": TOYS[name], "ladder": LADDER_STEPS if name in WITH_LADDER else None,
+                **settings(cfg)}
+        out.append(cached_evidence(f"loss-explained/{crux}/{role}", spec,
+                                   lambda name=name: crux_evidence(crux, toy_result(name, cfg), cfg) or _missing(crux)))
+    return out[0], out[1]
+
+
+def _missing(crux: str) -> Evidence:
+    raise RuntimeError(f"control of {crux} is not applicable to its toy: fix TOYS/CONTROLS")
