@@ -153,8 +153,9 @@ def test_interplab_saved_sae_through_the_cli(tmp_path, tiny, monkeypatch, capsys
     out = tmp_path / "run"
     r = cli("eval", str(tmp_path / "mine"), "--subject", "tiny-llama", "--site", SITE, "--set", "d_model=16",
             "--set", "seq_len=32", "--tokens", "1024", "--batches", "2", "--batch-size", "4", "--boot", "50",
-            "--no-baselines", "--out", str(out), "--quiet")
+            "--no-baselines", "--no-loss-curve", "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
+    assert "loss_curve" not in json.loads((out / "results.json").read_text())["metrics"]  # the flag reached EvalConfig
     assert r.stdout.strip().splitlines()[-1] == f"report: {(out / 'index.html').resolve()}"
     got = json.loads((out / "results.json").read_text())["metrics"]["scores"]["mine"]
     _same(got, evaluate(load(tmp_path / "mine"), tiny, SITE, n_batches=2, batch_size=4, seed=0, n_boot=50))

@@ -218,6 +218,8 @@ def eval_(
     steps: Annotated[int, typer.Option(help="Optimizer steps of the built-in sae-topk.", min=1)] = 2000,
     boot: Annotated[int, typer.Option(help="Bootstrap resamples of the evaluation batches.", min=0)] = 1000,
     baselines: Annotated[bool, typer.Option(help="Score sign-split PCA and interplab's sae-topk at the same L0.")] = True,
+    loss_curve: Annotated[bool, typer.Option(help="Draw each method's loss-explained curve (loss recovered per "
+                                             "feature read; the slowest part).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of activations, baselines and evaluation batches.")] = 0,
     quiet: Quiet = False,
 ) -> None:
@@ -229,7 +231,7 @@ def eval_(
 
     cfg = build(EvalConfig, dict(subject=subject, subject_config=parse_set(sets), site=site, train_tokens=tokens,
                                  n_batches=batches, batch_size=batch_size, sae_steps=steps, n_boot=boot,
-                                 baselines=baselines, seed=seed))
+                                 baselines=baselines, loss_curve=loss_curve, seed=seed))
     out = out or Path("runs") / "eval" / (path.resolve().name or "sae")
     print_result(evaluate_folder(path, cfg, out))
     typer.echo(f"report: {(out / 'index.html').resolve()}")
