@@ -34,7 +34,7 @@ class SAE(Codec):
     # TrainConfig.decoder_norm when it is None. Unit for TopK and BatchTopK: SAELens's free norm is
     # an option, not the default, since its gain on the bench's validation split was small (TopK
     # 0.0914 against 0.0940 at lr 4e-4, 0.0768 against 0.0777 at 8e-4, one seed) and FVU parity
-    # with it was not measured at both learning rates (docs/parts/sae2-results.md)
+    # with it was not measured at both learning rates (bench/RESULTS.md, "SAE training at scale")
     default_decoder_norm: ClassVar[str] = "unit"
 
     @torch.no_grad()

@@ -42,7 +42,7 @@ does not define is null: synthetic has no loss (no CE scores), KL needs logits (
 Scale. The default is the whole study (k 8 and 32, both sparsifications, every method on
 SmolLM2 resid_post.15 and mlp_hidden.15, 1000 SAE steps of 4096 tokens, 5 refits); its
 12288-wide SAEs on mlp_hidden dominate: about 67-127 CPU-hours of SAE training on one thread of
-this project's CPU by the trainer's first-step estimates (docs/parts/sae2-results.md), days on a
+this project's CPU by the trainer's first-step estimates (bench/RESULTS.md, "SAE training at scale"), days on a
 2-core CPU, so `--set sae_device=cuda` where a GPU is at hand. `small`, what
 `interplab cruxes` runs, is a scale at which every control passes: k = 8 of 64 dimensions on
 the toys (at k = 32 of 64 even planted sparse data favour PCA after a few hundred SAE steps, so
