@@ -55,16 +55,17 @@ def _cut_middle(text: str, width: int) -> str:
 
 
 class _Columns:
-    """Widths of the line's fields, from the data, with the subject taking what is left."""
+    """Widths of the line's fields, from the data. The subject and the statistic share one field
+    (`both`): the statistic is right-aligned at its end and the subject takes what that line's
+    statistic leaves, so a short statistic leaves a long subject readable."""
 
     def __init__(self, cells: Sequence[Cell], width: int):
         self.crux = min(18, max([len(str(c.v.get("crux", ""))) for c in cells] + [4]))
-        self.stat = min(30, max([len(_stat(c)) for c in cells] + [9]))
         self.word = 13
         self.status = max([len(_STATUS_WORD.get(c.status, c.status)) for c in cells] + [7])
-        fixed = 2 + self.crux + 2 + 2 + self.stat + 2 + self.word + 2 + 4 + 2 + self.status
-        widest = max([len(c.subject) for c in cells] + [7])
-        self.subject = max(8, min(widest, width - fixed))
+        fixed = 2 + self.crux + 2 + 2 + self.word + 2 + 4 + 2 + self.status
+        need = max([len(c.subject) + 2 + len(_stat(c)) for c in cells] + [18])
+        self.both = max(8 + 2 + 9, min(need, width - fixed))
 
 
 def _stat(c: Cell) -> str:
@@ -74,8 +75,9 @@ def _stat(c: Cell) -> str:
 def _line(c: Cell, cols: _Columns) -> Text:
     t = Text("  ")
     t.append(_cut(str(c.v.get("crux", "")), cols.crux).ljust(cols.crux), style="cyan")
-    t.append("  " + _cut_middle(c.subject, cols.subject).ljust(cols.subject))
-    t.append("  " + _stat(c).rjust(cols.stat))
+    stat = _stat(c)
+    room = max(8, cols.both - len(stat) - 2)  # the subject's share of this line
+    t.append("  " + _cut_middle(c.subject, room).ljust(cols.both - len(stat)) + stat)
     word = "—" if c.status == NEEDS_SCALE else c.word
     t.append("  " + _cut(word, cols.word).ljust(cols.word), style=_WORD_STYLE.get(word, "") if c.counted else "dim")
     t.append("  ")
