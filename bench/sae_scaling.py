@@ -63,6 +63,7 @@ def worker(out: Path, steps: int, width: int, k: int, batch: int) -> None:
     seconds = time.perf_counter() - stream.started
     if world.main:
         out.write_text(json.dumps({"seconds": seconds, "steps": steps, "ranks": world.size}))
+    world.close()
 
 
 def launch(procs: int, out: Path, args: argparse.Namespace) -> dict:

@@ -125,6 +125,7 @@ def harvest(
 
     world = World.from_env()  # under torchrun: each rank harvests a range of the shards
     path = run_harvest(subj, cfg, out)
+    world.close()
     if world.main:
         typer.echo(f"harvest complete: {path / 'manifest.json'}")
 

@@ -14,7 +14,10 @@ only reduce gradients of autograd; the fast steps write their backward out, so t
 
 from __future__ import annotations
 
+import atexit
 import os
+import time
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +47,7 @@ class World:
         """Join the group torchrun describes in the environment (WORLD_SIZE > 1), else a world of one."""
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            atexit.register(_leave)  # a rank that raised still tears gloo down before the interpreter does
             if device.startswith("cuda"):
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         return cls.current()
@@ -95,6 +99,27 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Leave the group once every rank is done. gloo runs each collective on a worker thread that
+        drops its tensors only after the caller has returned; if that happens while the interpreter
+        is shutting down, the thread cannot take the GIL and the process aborts ("terminate called
+        without an active exception"). So the last collective is on a probe tensor, and this waits
+        until the worker has let go of it before tearing the group down."""
+        if self.size > 1 and dist.is_initialized():
+            probe = torch.zeros(1)
+            held = weakref.ref(probe)
+            dist.all_reduce(probe)  # also the barrier: every rank has finished its own work
+            del probe
+            deadline = time.monotonic() + timeout
+            while held() is not None and time.monotonic() < deadline:
+                time.sleep(0.001)
+        _leave()
+
+
+def _leave() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def batch_moments(x: torch.Tensor, world: World) -> tuple[torch.Tensor, int]:

@@ -26,3 +26,4 @@ for spec in names:  # "sae-topk+free": SAELens's free decoder norm and gradient 
     train_sae(sae, x, {"checkpoint_every": 5, **extra}, ckpt, stop_after=stop)
     if world.main and stop is None:
         save_file({k: v.detach().contiguous() for k, v in sae.codec_.state_dict().items()}, f"{out}.{spec}")
+world.close()

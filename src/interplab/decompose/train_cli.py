@@ -60,6 +60,7 @@ def train_sae_on_store(data: str | Path, site: str | None, name: str, sets: dict
     site = pick_site(store, site)
     world = World.from_env(str(overrides.get("device", sae.settings.device)))
     train_sae(sae, (store, site), overrides or None, checkpoint)
+    world.close()
     if not world.main:
         return None
     meta = {"hook_name": site, "model_name": store.config.subject}
