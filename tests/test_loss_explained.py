@@ -10,9 +10,10 @@ import pytest
 
 from interplab.experiments import EXPERIMENTS, run_experiment
 from interplab.experiments.base import build_config
+from interplab.experiments import loss_explained, loss_explained_controls
 from interplab.experiments.loss_explained import LossExplainedExperiment
 from interplab.experiments.loss_explained_controls import CONTROLS, controls
-from interplab.verdicts import decide, get
+from interplab.verdicts import decide, exact, get
 
 TINY: dict[str, Any] = {
     "subjects": ["tms", "planted", "ladder"],
@@ -82,6 +83,43 @@ def test_registered_with_a_small_scale_and_its_cruxes() -> None:
         c = get(crux)
         assert c.experiment == "loss-explained" and c.min_scale == "small"
     assert get("lx-truth").kind == "harness"
+
+
+def test_each_method_of_a_compute_crux_is_judged_on_controls_read_with_that_method(
+        tmp_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PCA rows of lx-compute-* take controls whose statistic is PCA's (here: its positive
+    control fails, so they are uncalibrated while the SAE rows count), never the SAE's; a PCA
+    control undefined on its toy leaves the PCA row uncalibrated too."""
+    read: list[tuple[str, str, str]] = []
+    on_toy = {("sae", "flat"): -3.0, ("sae", "few"): 0.0, ("pca", "flat"): -1.0, ("pca", "few"): 0.0}
+
+    def toy_compute(toy: str, which: str, method: str, _cfg: Any) -> Any:
+        read.append((toy, which, method))
+        if method == "pca" and which == "full" and toy == "few":
+            return None  # undefined on that toy
+        return exact(on_toy[method, toy], -2.0)
+
+    monkeypatch.setattr(loss_explained_controls, "toy_result", lambda name, _cfg: name)
+    monkeypatch.setattr(loss_explained_controls, "compute_evidence", toy_compute)
+    for name in ("sae_pca_evidence", "share_evidence", "truth_evidence"):
+        monkeypatch.setattr(loss_explained, name, lambda *_a: None)
+    monkeypatch.setattr(loss_explained, "compute_evidence",
+                        lambda _r, _which, _method, _cfg: exact(-2.5, -2.0, extra={"where": [0]}))
+    cfg = build_config("loss-explained", LossExplainedExperiment.small)
+    result = loss_explained.StudyResult("ladder/resid_post.0", 64, {}, [], None, {})
+    verdicts = loss_explained.verdicts_for(result, cfg, "small", loss_explained._Controls(cfg))
+    got = {(v.crux, v.subject.rsplit(" · ", 1)[1]): v for v in verdicts}
+    assert set(got) == {("lx-compute-64", "SAE"), ("lx-compute-64", "PCA"), ("lx-compute-full", "SAE"),
+                        ("lx-compute-full", "PCA top-k")}
+    for crux in ("lx-compute-64", "lx-compute-full"):
+        assert got[crux, "SAE"].status == "counted"
+        assert got[crux, "SAE"].controls["positive"]["statistic"] == -3.0
+    assert got["lx-compute-64", "PCA"].controls["positive"]["statistic"] == -1.0
+    assert got["lx-compute-64", "PCA"].status == "uncalibrated"
+    assert got["lx-compute-full", "PCA top-k"].controls["negative"]["verdict"] == "not run"
+    assert got["lx-compute-full", "PCA top-k"].status == "uncalibrated"
+    assert sorted(set(read)) == sorted({(t, w, m) for t in ("flat", "few") for w in ("n64", "full")
+                                        for m in ("sae", "pca")})
 
 
 @pytest.mark.slow

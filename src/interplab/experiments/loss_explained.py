@@ -222,18 +222,18 @@ def study_metrics(result: StudyResult, cfg: LossExplainedConfig) -> dict[str, An
 
 # --- verdicts ------------------------------------------------------------------------------------
 class _Controls:
-    """Each crux's controls, computed on first use (cached across runs by `cached_evidence`)."""
+    """Each (crux, method)'s controls, computed on first use (cached across runs by `cached_evidence`)."""
 
     def __init__(self, cfg: LossExplainedConfig):
         self.cfg, self.done = cfg, {}
 
-    def __call__(self, crux: str) -> tuple[Any, Any]:
+    def __call__(self, crux: str, method: str = "sae") -> tuple[Any, Any]:
         if not self.cfg.controls:
             return None, None
-        if crux not in self.done:
-            ui.info(f"loss-explained: planted controls of {crux}")
-            self.done[crux] = controls(crux, self.cfg)
-        return self.done[crux]
+        if (crux, method) not in self.done:
+            ui.info(f"loss-explained: planted controls of {crux} ({method})")
+            self.done[crux, method] = controls(crux, self.cfg, method)
+        return self.done[crux, method]
 
 
 def verdicts_for(result: StudyResult, cfg: LossExplainedConfig, scale: str, ctrl: _Controls) -> list[Verdict]:
@@ -255,8 +255,8 @@ def verdicts_for(result: StudyResult, cfg: LossExplainedConfig, scale: str, ctrl
             if ev is not None:
                 below = sum(w == -1 for w in ev.extra["where"])
                 note = (f"log10 C_eq/C_model; {below} of {len(ev.extra['where'])} fits below the ladder (their value "
-                        "is its floor: an upper bound); null -2 is 1% of the training compute")
-                out.append(judge(crux, ev, f"{result.key} · {label}", *ctrl(crux), scale=scale, note=note))
+                        f"is its floor: an upper bound); null -2 is 1% of the training compute; controls read with {label}")
+                out.append(judge(crux, ev, f"{result.key} · {label}", *ctrl(crux, method), scale=scale, note=note))
     ev = truth_evidence(result)
     if ev is not None:
         out.append(judge("lx-truth", ev, result.key, scale=scale, note="planted features, all read"))

@@ -85,29 +85,41 @@ def settings(cfg: Any) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in PIPELINE_KEYS}
 
 
-def crux_evidence(crux: str, result: StudyResult, cfg: Any) -> Evidence | None:
-    """The crux's statistic on a study result: the one function real subjects and controls share."""
+def crux_evidence(crux: str, result: StudyResult, cfg: Any, method: str = "sae") -> Evidence | None:
+    """The crux's statistic on a study result: the one function real subjects and controls share.
+    `method` is whose reading the compute cruxes score ("sae" or "pca"); the other cruxes compare
+    the SAE with PCA and take only "sae"."""
+    if crux in ("lx-compute-64", "lx-compute-full"):
+        return compute_evidence(result, "n64" if crux == "lx-compute-64" else "full", method, cfg)
+    if method != "sae":
+        raise ValueError(f"{crux} compares the SAE with PCA: it has no per-method statistic ({method!r})")
     if crux.startswith("lx-sae-pca-"):
         return sae_pca_evidence(result, int(crux.rsplit("-", 1)[1]), cfg)
     if crux == "lx-share":
         return share_evidence(result, cfg)
-    if crux == "lx-compute-64":
-        return compute_evidence(result, "n64", "sae", cfg)
-    if crux == "lx-compute-full":
-        return compute_evidence(result, "full", "sae", cfg)
     raise KeyError(crux)
 
 
-def controls(crux: str, cfg: Any) -> tuple[Evidence | None, Evidence | None]:
-    """(positive, negative) evidence of a crux, cached by toy, settings and code."""
+def controls(crux: str, cfg: Any, method: str = "sae") -> tuple[Evidence | None, Evidence | None]:
+    """(positive, negative) evidence of a crux read with `method`, cached by toy, method, settings
+    and code. A control whose statistic is undefined on its toy (`crux_evidence` gives None) is not
+    run: None, so `judge` calls the verdict uncalibrated."""
     out = []
     for role, name in zip(("positive", "negative"), CONTROLS[crux]):
-        spec = {"role": role, "toy": TOYS[name], "ladder": LADDER_STEPS if name in WITH_LADDER else None,
-                **settings(cfg)}
-        out.append(cached_evidence(f"loss-explained/{crux}/{role}", spec,
-                                   lambda name=name: crux_evidence(crux, toy_result(name, cfg), cfg) or _missing(crux)))
+        spec = {"role": role, "method": method, "toy": TOYS[name],
+                "ladder": LADDER_STEPS if name in WITH_LADDER else None, **settings(cfg)}
+        try:
+            out.append(cached_evidence(f"loss-explained/{crux}/{method}/{role}", spec,
+                                       lambda name=name: crux_evidence(crux, toy_result(name, cfg), cfg, method)
+                                       or _missing(crux, method, name)))
+        except _NotApplicable:
+            out.append(None)
     return out[0], out[1]
 
 
-def _missing(crux: str) -> Evidence:
-    raise RuntimeError(f"control of {crux} is not applicable to its toy: fix TOYS/CONTROLS")
+class _NotApplicable(Exception):
+    pass
+
+
+def _missing(crux: str, method: str, toy: str) -> Evidence:
+    raise _NotApplicable(f"{crux} read with {method} is undefined on the toy {toy!r}")
