@@ -84,7 +84,7 @@ def main() -> None:
         loss_curves({"pca": pca}, lm, args.site, ns, splits=splits, singles=0, mean=mean)
 
     basis, sp = as_basis(pca), BatchSplicer(lm, args.site)
-    ranks, mu = rank_features({"pca": basis}, sp, splits.rank, mean)
+    ranks, mu = rank_features({"pca": basis}, sp, splits.rank)
 
     def scoring() -> None:
         for x in score:

@@ -91,6 +91,19 @@ def test_true_features_reach_the_whole_loss_and_a_random_basis_stays_below(quiet
     assert t["n90"] is not None and t["n90"] <= 12
 
 
+def test_a_complete_basis_reaches_the_clean_run_whatever_mean_ablation_uses(quiet_single_thread: None,
+                                                                            tmp_cache: Path) -> None:
+    subject = _readout()
+    rows = harvest_rows(subject, ["hidden"], 4096, 0, 4096, cached=False)["hidden"]  # (4096, 24)
+    pca = create("pca").fit(rows)
+    splits = draw_splits(subject, rank_batches=2, score_batches=3, batch_size=256)
+    rank_mean = torch.cat([BatchSplicer(subject, "hidden").rows(x) for x in splits.rank]).double().mean(0)  # (24,)
+    other = (rank_mean + 0.5).float()  # (24,) a mean-ablation point off the ranking rows' mean
+    s = loss_curves({"pca": pca}, subject, "hidden", splits=splits, mean=other, singles=0)["pca"].summary(20)
+    assert s["ns"][-1] == 24 and s["frac_mean"][-1] == pytest.approx(1.0, abs=1e-4)
+    assert s["loss_mean_ablated"] > s["loss_clean"]
+
+
 def test_ranking_and_scoring_splits_are_disjoint(quiet_single_thread: None, tmp_cache: Path) -> None:
     subject = load_subject("readout", codes="gaussian", n_features=24, d=24, steps=10)  # continuous inputs
     calls: list[tuple[str, int]] = []

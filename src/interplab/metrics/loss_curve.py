@@ -13,8 +13,8 @@ read in decreasing order of this score.
 
 Scoring (on the scoring split: `split="test"` inputs, drawn with other seeds). For each n the site
 gets x_n = mu + sum over the top-n features of (f_i(x) - mu_i) d_i, every other feature held at its
-mean (n = 0 is mean ablation). Reported per n, from losses pooled over the scoring batches with
-bootstrap CIs over batches: the fraction of loss recovered (L_mean - L_n) / (L_mean - L_clean), the
+mean (n = 0 is mean ablation: at mu, or at the `mean` a caller passes). Reported per n, from
+losses pooled over the scoring batches with bootstrap CIs over batches: the fraction of loss recovered (L_mean - L_n) / (L_mean - L_clean), the
 zero-ablation version (L_zero - L_n) / (L_zero - L_clean), delta CE = L_n - L_clean (nats per
 prediction for sequence models, the subject's own loss for toys) and the KL to the clean output.
 Also each feature's own share (n = 1 with that feature alone) for a uniform random sample of the
@@ -117,11 +117,11 @@ class LossCurve:
 
 
 # --- ranking ---------------------------------------------------------------------------------
-def rank_features(bases: Mapping[str, Basis], splicer: BatchSplicer, inputs: Sequence[torch.Tensor],
-                  mean: torch.Tensor | None = None) -> tuple[dict[str, Ranking], torch.Tensor]:
-    """Rank every basis's features on `inputs`; also return the activation mean mu (d,)."""
+def rank_features(bases: Mapping[str, Basis], splicer: BatchSplicer,
+                  inputs: Sequence[torch.Tensor]) -> tuple[dict[str, Ranking], torch.Tensor]:
+    """Rank every basis's features on `inputs`; also return their activation mean mu (d,)."""
     rows = [splicer.rows(x) for x in inputs]  # each (n, d)
-    mu = (torch.cat(rows).double().mean(0) if mean is None else mean.double()).float()  # (d,)
+    mu = torch.cat(rows).double().mean(0).float()  # (d,): the mean of the same rows as the mean codes
     acc: dict[str, dict[str, torch.Tensor]] = {}
     for name, basis in bases.items():
         codes = [basis.codes(r, x) for r, x in zip(rows, inputs)]  # each (n, m)
@@ -181,7 +181,9 @@ def loss_curves(decompositions: Mapping[str, Any], subject: Subject | str, site:
     """Curves of several decompositions of one site, on the same ranking and scoring inputs (so
     their differences are paired), sharing the clean, mean- and zero-ablated runs. `ns` and
     `singles` (features spliced alone, a uniform sample of the live ones, besides the top
-    `singles_top`) may be given per decomposition name."""
+    `singles_top`) may be given per decomposition name. `mean` (d,) replaces the ranking rows'
+    mean in the mean-ablation run only (n = 0, the fractions' baseline); x_n is always built on
+    the ranking rows' mean and mean codes, so a complete basis reaches the clean run at n = width."""
     if isinstance(subject, str):
         from interplab.subjects import load_subject
 
@@ -192,7 +194,8 @@ def loss_curves(decompositions: Mapping[str, Any], subject: Subject | str, site:
     splits = splits or draw_splits(subject, rank_batches, score_batches, batch_size, seed)
     check_disjoint(splits)
     splicer = BatchSplicer(subject, site, max_rows=max_rows)
-    ranks, mu = rank_features(bases, splicer, splits.rank, mean)
+    ranks, mu = rank_features(bases, splicer, splits.rank)
+    ablated = mu if mean is None else mean.to(mu)  # (d,) the mean-ablation run's activation
     plan = {}
     for name, basis in bases.items():
         want = ns.get(name) if isinstance(ns, Mapping) else ns
@@ -206,7 +209,7 @@ def loss_curves(decompositions: Mapping[str, Any], subject: Subject | str, site:
         for i, (name, basis) in enumerate(bases.items()):  # the first call also runs mean and zero ablation
             chosen, picked, _ = plan[name]
             make = lambda r, b=basis, k=ranks[name], c=chosen, p=picked, x=x, i=i: torch.cat(  # noqa: E731
-                [torch.stack([mu.expand_as(r), torch.zeros_like(r)])[: 2 if i == 0 else 0],
+                [torch.stack([ablated.expand_as(r), torch.zeros_like(r)])[: 2 if i == 0 else 0],
                  curve_variants(b, k, mu, c, p, r, x)])
             out = splicer.losses(x, make, (2 if i == 0 else 0) + 1 + len(chosen) + len(picked))
             if i == 0:
