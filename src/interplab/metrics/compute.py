@@ -7,9 +7,10 @@ The law is L(C) = a (C / C_top)^-b + c (Gao et al.'s irreducible-loss power law)
 rung's compute. The top rung is the model whose readings are converted, and the curve is pinned to
 its measured loss (a = L_top - c), so that the model itself reads as exactly its own compute; b > 0
 and 0 <= c < min loss are fitted by weighted least squares (weights 1 / SE^2 of each rung) with
-scipy (`minimize_scalar` over log b, c in closed form for each b). Uncertainty: a parametric bootstrap, every rung's loss (the top one's
-too) redrawn with noise of standard deviation max(its SE, the fit's RMS residual) and the law
-refitted, `n_draws` times; the draws are kept in the ladder and reused.
+scipy (`minimize_scalar` over log b, c in closed form for each b). Uncertainty: a wild bootstrap,
+every rung's loss (the top one's too) redrawn about the fitted law with Gaussian noise of standard
+deviation max(its SE, its own |residual| about the law) and the law refitted, `n_draws` times; the
+draws are kept in the ladder and reused.
 
 C_eq(L) = C_top ((L - c) / a)^(-1/b), and the fraction is C_eq / C_model (C_model = C_top unless
 given). The ladder's range [C_min, C_max] is never left: a loss worse than the fitted loss at the
