@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from interplab.hooks import activations, capture, splice
-from interplab.metrics.downstream import _run, first_position, site_rows
+from interplab.metrics.downstream import _replacing, _run, first_position, site_rows
 from interplab.subjects.base import Subject
-from interplab.subjects.sites import Site, resolve
+from interplab.subjects.sites import resolve
 
 IGNORE = -100  # target of positions without a next token
 Variants = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]  # (K, n, d), or rows (n, d) -> that
@@ -354,6 +354,4 @@ def plain_loss(subject: Subject, x: torch.Tensor) -> tuple[float, float]:
 
 def _rows_splicer(rows: torch.Tensor, subject: Subject) -> Any:
     """A splice function putting `rows` (n, d) in place of the site's rows (BOS kept)."""
-    from interplab.metrics.downstream import _replacing
-
     return _replacing(lambda _a: rows, subject)
