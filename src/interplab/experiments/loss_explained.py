@@ -48,6 +48,7 @@ from interplab.experiments.loss_explained_study import (
     run_study,
     sae_pca_evidence,
     share_evidence,
+    toy_study,
     truth_evidence,
 )
 from interplab.metrics.feature_basis import TrueFeatures
@@ -149,25 +150,18 @@ def studies(cfg: LossExplainedConfig) -> Iterator[Study]:
             yield from lm_studies(cfg)
 
 
-def _toy(cfg: LossExplainedConfig, key: str, subject: Any, truth: TrueFeatures) -> Study:
-    rows = harvest_rows(subject, ["hidden"], cfg.toy_train_rows, cfg.seed, 4096, cached=False)["hidden"]
-    rows = rows.reshape(rows.shape[0], -1)
-    splits = draw_splits(subject, cfg.rank_batches, cfg.score_batches, cfg.toy_batch_size, cfg.seed)
-    return Study(key, subject, "hidden", rows, splits, truth)
-
-
 def tms_study(cfg: LossExplainedConfig) -> Study:
     ui.info("loss-explained: preparing tms")
     subject = load_subject("tms", **{**cfg.tms, "variant": "relu"})
     W = subject.model.W.detach()[0]  # (m, n): feature j writes x_j W[:, j] into the linear hidden layer
-    return _toy(cfg, "tms/hidden", subject, TrueFeatures(W.T, lambda x: x[:, 0, :]))
+    return toy_study("tms/hidden", subject, TrueFeatures(W.T, lambda x: x[:, 0, :]), cfg)
 
 
 def planted_study(cfg: LossExplainedConfig) -> Study:
     ui.info("loss-explained: preparing the planted readout")
     subject = load_subject("readout", **cfg.planted)
     m = subject.ground_truth["features"].shape[0]
-    return _toy(cfg, "planted/hidden", subject, TrueFeatures(subject.ground_truth["features"], lambda z: z[:, :m]))
+    return toy_study("planted/hidden", subject, TrueFeatures(subject.ground_truth["features"], lambda z: z[:, :m]), cfg)
 
 
 def ladder_studies(cfg: LossExplainedConfig) -> Iterator[Study]:

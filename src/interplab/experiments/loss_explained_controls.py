@@ -20,11 +20,10 @@ from interplab.experiments.loss_explained_study import (
     run_study,
     sae_pca_evidence,
     share_evidence,
+    toy_study,
 )
 from interplab.metrics.feature_basis import TrueFeatures
-from interplab.metrics.loss_curve import draw_splits
-from interplab.store import harvest_rows
-from interplab.subjects.readout import ReadoutConfig, build, readout_flops
+from interplab.subjects.readout import ReadoutConfig, build, readout_ladder
 from interplab.verdicts import Evidence, cached_evidence
 
 LADDER_STEPS = [4, 16, 64, 256, 1024, 4096]
@@ -52,32 +51,28 @@ PIPELINE_KEYS = ("sae_k", "width_factor", "sae_max_width", "sae_steps", "sae_bat
 _RESULTS: dict[str, StudyResult] = {}
 
 
-def toy_config(name: str, steps: int = LADDER_STEPS[-1]) -> ReadoutConfig:
-    return ReadoutConfig(**TOYS[name], steps=steps, batch_size=128, lr=0.02)
+def toy_config(name: str) -> ReadoutConfig:
+    return ReadoutConfig(**TOYS[name], steps=LADDER_STEPS[-1], batch_size=128, lr=0.02)
 
 
-def toy_study(name: str, cfg: Any) -> Study:
+def control_study(name: str, cfg: Any) -> Study:
     """The toy `name` as a study of its site `hidden`, with its ladder where a compute crux reads it."""
     rcfg = toy_config(name)
     subject = build(rcfg)
-    rows = harvest_rows(subject, ["hidden"], cfg.toy_train_rows, cfg.seed, 4096, cached=False)["hidden"]
-    splits = draw_splits(subject, cfg.rank_batches, cfg.score_batches, cfg.toy_batch_size, cfg.seed)
     m = rcfg.n_features
     truth = TrueFeatures(subject.ground_truth["features"], lambda z: z[:, :m])
     rungs = None
     if name in WITH_LADDER:
-        rungs = []
-        for s in LADDER_STEPS:
-            r = toy_config(name, s)
-            rungs.append((f"{s} steps", build(r), readout_flops(r)[2]))
-    return Study(f"control/{name}", subject, "hidden", rows, splits, truth, rungs)
+        ladder = readout_ladder(rcfg, LADDER_STEPS)  # (model, training FLOPs) per number of steps
+        rungs = [(f"{s} steps", model, flops) for s, (model, flops) in zip(LADDER_STEPS, ladder)]
+    return toy_study(f"control/{name}", subject, truth, cfg, rungs)
 
 
 def toy_result(name: str, cfg: Any) -> StudyResult:
     """The pipeline's result on toy `name`, computed once per process and settings."""
     key = json.dumps({"toy": name, **settings(cfg)}, sort_keys=True, default=str)
     if key not in _RESULTS:
-        _RESULTS[key] = run_study(toy_study(name, cfg), cfg)
+        _RESULTS[key] = run_study(control_study(name, cfg), cfg)
     return _RESULTS[key]
 
 

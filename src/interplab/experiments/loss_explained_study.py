@@ -22,8 +22,9 @@ from interplab.decompose.sae import SAEDecomposer
 from interplab.errors import UserError
 from interplab.metrics.compute import Ladder, LadderPoint, fit_ladder
 from interplab.metrics.feature_basis import Basis
-from interplab.metrics.loss_curve import LossCurve, Splits, boot_sums, fractions, loss_curves
+from interplab.metrics.loss_curve import LossCurve, Splits, boot_sums, draw_splits, fractions, loss_curves
 from interplab.metrics.splice_batch import plain_loss
+from interplab.store import harvest_rows
 from interplab.subjects.base import Subject
 from interplab.verdicts import Evidence, exact, from_refits
 
@@ -50,6 +51,15 @@ class StudyResult(NamedTuple):
     refits: list[str]  # keys of the SAE refits in `curves`
     ladder: Ladder | None
     fit_seconds: dict[str, float]
+
+
+def toy_study(key: str, subject: Subject, truth: Basis | None, cfg: Any,
+              rungs: list[tuple[str, Subject, float]] | None = None) -> Study:
+    """A toy's site `hidden` as a study: `cfg.toy_train_rows` training rows, splits of `cfg.toy_batch_size`."""
+    rows = harvest_rows(subject, ["hidden"], cfg.toy_train_rows, cfg.seed, 4096, cached=False)["hidden"]
+    rows = rows.reshape(rows.shape[0], -1)  # (n, d)
+    splits = draw_splits(subject, cfg.rank_batches, cfg.score_batches, cfg.toy_batch_size, cfg.seed)
+    return Study(key, subject, "hidden", rows, splits, truth, rungs)
 
 
 def refit_key(i: int) -> str:
