@@ -195,7 +195,7 @@ def study_metrics(result: StudyResult, cfg: LossExplainedConfig) -> dict[str, An
     out: dict[str, Any] = {"d": result.d, "fit_seconds": result.fit_seconds,
                            "methods": {m: c.summary(cfg.n_boot, cfg.seed) for m, c in result.curves.items()}}
     curves = [result.curves[f] for f in result.refits]
-    pooled = np.mean([fractions({k: np.asarray(v).sum(0) for k, v in c.batches.items()}) for c in curves], axis=0)
+    pooled = np.mean([fractions(c.pooled()) for c in curves], axis=0)
     boots = np.mean([fractions(boot_sums(c.batches, cfg.n_boot, cfg.seed)) for c in curves], axis=0)  # (B, J)
     ns = curves[0].ns
     recon = [out["methods"][f]["recon"]["frac_mean"] for f in result.refits]

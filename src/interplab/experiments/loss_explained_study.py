@@ -139,7 +139,7 @@ def refit_evidence(result: StudyResult, value: Value, fits: list[str], null: flo
     """value(sums by method, fit, draw) over `fits`, with a t interval over them and the paired batch
     bootstrap's variance of their mean (each resample with its own draw of the ladder's parameters
     and of one model's scatter about the law; `draw` is None for the pooled value)."""
-    pooled = {m: {k: np.asarray(v).sum(0) for k, v in c.batches.items()} for m, c in result.curves.items()}
+    pooled = {m: c.pooled() for m, c in result.curves.items()}
     boots = {m: boot_sums(c.batches, cfg.n_boot, cfg.seed) for m, c in result.curves.items()}
     theta = result.ladder.draws(cfg.n_boot, cfg.seed) if result.ladder is not None else None
     noise = result.ladder.loss_noise(cfg.n_boot, cfg.seed) if result.ladder is not None else None
@@ -166,14 +166,10 @@ def sae_pca_evidence(result: StudyResult, n: int, cfg: Any) -> Evidence | None:
         sae = fractions(s[fit], "curve", "mean")[..., _at(result.curves[fit], n)]
         return sae - fractions(s["pca"], "curve", "mean")[..., j_pca]
 
-    extra = {"frac_pca": float(fractions(_pool(result, "pca"), "curve", "mean")[j_pca]),
-             "frac_sae": [float(fractions(_pool(result, f), "curve", "mean")[_at(result.curves[f], n)])
+    extra = {"frac_pca": float(fractions(result.curves["pca"].pooled(), "curve", "mean")[j_pca]),
+             "frac_sae": [float(fractions(result.curves[f].pooled(), "curve", "mean")[_at(result.curves[f], n)])
                           for f in result.refits]}
     return refit_evidence(result, value, result.refits, 0.0, f"frac(SAE, {n}) - frac(PCA, {n})", cfg, extra)
-
-
-def _pool(result: StudyResult, method: str) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v).sum(0) for k, v in result.curves[method].batches.items()}
 
 
 def _median_share(s: dict[str, np.ndarray], curve: LossCurve) -> np.ndarray:
@@ -193,8 +189,9 @@ def share_evidence(result: StudyResult, cfg: Any) -> Evidence | None:
         m_pca = _median_share(s["pca"], result.curves["pca"])
         return np.maximum(m_sae - 0.01, m_sae - m_pca)
 
-    extra = {"median_share_pca": float(_median_share(_pool(result, "pca"), result.curves["pca"])),
-             "median_share_sae": [float(_median_share(_pool(result, f), result.curves[f])) for f in result.refits]}
+    extra = {"median_share_pca": float(_median_share(result.curves["pca"].pooled(), result.curves["pca"])),
+             "median_share_sae": [float(_median_share(result.curves[f].pooled(), result.curves[f]))
+                                  for f in result.refits]}
     return refit_evidence(result, value, result.refits, 0.0, "max(m_SAE - 1%, m_SAE - m_PCA)", cfg, extra)
 
 
@@ -232,7 +229,8 @@ def compute_evidence(result: StudyResult, which: str, method: str, cfg: Any) -> 
 
 
 def _reading_loss(result: StudyResult, fit: str, which: str) -> float:
-    curve, t = result.curves[fit], _pool(result, fit)
+    curve = result.curves[fit]
+    t = curve.pooled()
     if which == "n64":
         return float(t["curve"][_at(curve, min(64, curve.width))] / t["n"])
     return float(t["recon"][0] / t["n"])
@@ -243,4 +241,4 @@ def truth_evidence(result: StudyResult) -> Evidence | None:
     if "truth" not in result.curves:
         return None
     curve = result.curves["truth"]
-    return exact(float(fractions(_pool(result, "truth"), "curve", "mean")[_at(curve, curve.width)]), 0.999)
+    return exact(float(fractions(curve.pooled(), "curve", "mean")[_at(curve, curve.width)]), 0.999)

@@ -111,6 +111,10 @@ class LossCurve:
     def width(self) -> int:
         return int(self.ranking.order.shape[0])
 
+    def pooled(self) -> dict[str, np.ndarray]:
+        """Each entry of `batches` summed over the scoring batches."""
+        return {k: np.asarray(v).sum(0) for k, v in self.batches.items()}
+
     def summary(self, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
         """The curve as JSON-able numbers with bootstrap CIs over scoring batches."""
         return summarise(self, n_boot, seed)
@@ -290,7 +294,7 @@ STATISTICS = {
 
 def summarise(curve: LossCurve, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Pooled statistics of a curve with percentile CIs over scoring batches."""
-    pooled = {k: np.asarray(v).sum(0) for k, v in curve.batches.items()}
+    pooled = curve.pooled()
     boots = boot_sums(curve.batches, n_boot, seed)
 
     def stat(name: str, key: str) -> tuple[list[float], list[list[float]]]:
