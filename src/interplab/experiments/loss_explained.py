@@ -168,7 +168,7 @@ def ladder_studies(cfg: LossExplainedConfig) -> Iterator[Study]:
     lcfg = LadderConfig(**cfg.ladder)
     rungs = ladder_rungs(lcfg)
     ui.info(f"loss-explained: training the compute ladder ({len(rungs)} rungs)")
-    models = [(r.name, rung_subject(lcfg, i), r.flops) for i, r in enumerate(rungs)]
+    models = [(r.name, rung_subject(lcfg, i, rungs), r.flops) for i, r in enumerate(rungs)]
     subject = models[-1][1]
     layer = (rungs[-1].cfg.n_layers - 1) // 2
     sites = layer_sites(subject.sites, cfg.ladder_sites, layer, "ladder")

@@ -119,9 +119,10 @@ def ladder_rungs(cfg: LadderConfig) -> list[RungModel]:
     return out
 
 
-def rung_subject(cfg: LadderConfig, index: int) -> Subject:
-    """The trained rung `index` as a subject (trained and cached on first use)."""
-    rungs = ladder_rungs(cfg)
+def rung_subject(cfg: LadderConfig, index: int, rungs: list[RungModel] | None = None) -> Subject:
+    """The trained rung `index` as a subject (trained and cached on first use); pass `rungs`
+    (`ladder_rungs(cfg)`) when building several rungs, so they are computed once."""
+    rungs = ladder_rungs(cfg) if rungs is None else rungs
     if not -len(rungs) <= index < len(rungs):
         raise ValueError(f"rung {index} is out of range: the ladder has {len(rungs)} rungs")
     r = rungs[index]
