@@ -240,6 +240,41 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         train_sae(D.create("sae-topk", k=4, width=32, steps=6, batch_size=100, lr=0.1), x, None, tmp_path)
 
 
+def test_checkpoint_of_the_other_step_is_refused(tmp_path, monkeypatch):
+    """FastStep (CPU, fast=True) and ReferenceStep (any other device) save different tensors: a run
+    resumed on the other step is refused in one line that says what to do, both ways round."""
+    x = planted(1000, seed=6)
+    sae = D.create("sae-topk", k=4, width=32, steps=6, batch_size=100)
+    train_sae(sae, x, {"checkpoint_every": 2}, tmp_path / "fast", stop_after=3)
+    with monkeypatch.context() as m:  # the reference step, as off the CPU
+        m.setattr(FastStep, "applies", staticmethod(lambda module: False))
+        with pytest.raises(UserError, match=r"different run \(step differ\); it was trained by FastStep and this "
+                                            r"run takes ReferenceStep .*resume on the device it started on"):
+            train_sae(D.create("sae-topk", k=4, width=32, steps=6, batch_size=100), x, None, tmp_path / "fast")
+        train_sae(D.create("sae-topk", k=4, width=32, steps=6, batch_size=100), x, {"checkpoint_every": 2},
+                  tmp_path / "ref", stop_after=3)
+    with pytest.raises(UserError, match=r"trained by ReferenceStep and this run takes FastStep"):
+        train_sae(D.create("sae-topk", k=4, width=32, steps=6, batch_size=100), x, None, tmp_path / "ref")
+
+
+def test_checkpoint_without_a_recorded_step_still_resumes(tmp_path):
+    """Checkpoints written before the step class joined the identity: the tensors tell which it was."""
+    import json
+
+    x = planted(1000, seed=6)
+    settings = {"k": 4, "width": 32, "steps": 6, "batch_size": 100}
+    whole = train_sae(D.create("sae-topk", **settings), x)
+    train_sae(D.create("sae-topk", **settings), x, {"checkpoint_every": 2}, tmp_path, stop_after=3)
+    info = next(tmp_path.glob("step_*.json"))
+    meta = json.loads(info.read_text())
+    del meta["identity"]["step"]
+    info.write_text(json.dumps(meta))
+    resumed = train_sae(D.create("sae-topk", **settings), x, {"checkpoint_every": 2}, tmp_path)
+    assert all(torch.equal(getattr(resumed.codec_, n), getattr(whole.codec_, n)) for n in WEIGHTS)
+    with pytest.raises(UserError, match="trained by FastStep"):
+        train_sae(D.create("sae-topk", **settings), x, {"fast": False}, tmp_path)
+
+
 KILLED_RUN = """
 import sys, torch
 from interplab import ui

@@ -211,11 +211,13 @@ class _Loop:
     since: torch.Tensor  # (d_sae,) tokens since each latent last fired
 
 
-def _identity(module: SAE, cfg: TrainConfig, scale: float) -> dict[str, Any]:
-    """What must match for a checkpoint to continue this run (settings that change no number are left out)."""
+def _identity(module: SAE, cfg: TrainConfig, scale: float, step: str) -> dict[str, Any]:
+    """What must match for a checkpoint to continue this run (settings that change no number are left out).
+    `step` is the step class: FastStep and ReferenceStep save different tensors (the encoder
+    transposed or not, Adam's state per parameter), and which one runs depends on the device too."""
     c = cfg.model_dump(mode="json", exclude={"checkpoint_every", "threads", "log_every", "device"})
     return {"module": type(module).__name__, "d_in": module.d_in, "d_sae": module.d_sae, "k": module.k,
-            "scale": scale, "config": c}
+            "scale": scale, "step": step, "config": c}
 
 
 def _resume(folder: Path, step_fn: Any, loop: _Loop, identity: dict[str, Any]) -> None:
@@ -223,13 +225,18 @@ def _resume(folder: Path, step_fn: Any, loop: _Loop, identity: dict[str, Any]) -
     if found is None:
         return
     meta, tensors = found
-    if meta.get("identity") != identity:
-        theirs = meta.get("identity") or {}
+    theirs = dict(meta.get("identity") or {})
+    if theirs and "step" not in theirs:  # written before the step was recorded: its tensors tell
+        theirs["step"] = FastStep.__name__ if "param.W_encT" in tensors else ReferenceStep.__name__
+    if theirs != identity:
         diff = [k for k in identity if theirs.get(k) != identity[k]]
         if "config" in diff:
             diff += [k for k, v in identity["config"].items() if theirs.get("config", {}).get(k) != v]
-        raise UserError(f"the checkpoint in {folder} belongs to a different run ({', '.join(diff)} differ); "
-                        "use another checkpoint folder or delete this one")
+        todo = "use another checkpoint folder or delete this one"
+        if "step" in diff:  # the device (or `fast`) changed: the other step cannot read these tensors
+            todo = (f"it was trained by {theirs.get('step')} and this run takes {identity['step']} (FastStep: "
+                    f"CPU with fast=True); resume on the device it started on, or {todo}")
+        raise UserError(f"the checkpoint in {folder} belongs to a different run ({', '.join(diff)} differ); {todo}")
     step_fn.load_state(tensors)
     loop.step, loop.coef, loop.ema_l0 = meta["step"], meta["coef"], meta["ema_l0"]
     loop.since.copy_(tensors["since"])
@@ -258,7 +265,7 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
     step_fn = kind(module, lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.aux_coefficient, world,
                    cfg.grad_clip)
     loop = _Loop(0, cfg.sparsity_coefficient, 0.0, torch.zeros(module.d_sae, dtype=torch.long))
-    identity = _identity(module, cfg, scale)
+    identity = _identity(module, cfg, scale, kind.__name__)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
         _resume(folder, step_fn, loop, identity)
