@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from interplab.parallel import World, batch_moments
-from interplab.decompose.sae import SAE, BatchTopKSAE
+from interplab.decompose.sae import SAE
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -59,8 +59,8 @@ class ReferenceStep:
     Under data parallelism (`world` of several ranks) each rank's loss is its share of the global
     batch's loss (its squared error over the global total variance, its rows' penalty over the
     global row count, AuxK over the global residual variance) and the gradients are summed across
-    ranks before the update; BatchTopK then keeps the top k·n of each rank's rows (an approximation:
-    the fast step on the CPU cuts the whole batch) and the ranks average its threshold."""
+    ranks before the update; BatchTopK cuts the whole batch across the ranks (`topk.shared_cut`), as
+    the fast step does, so every rank moves its threshold by the same value."""
 
     def __init__(self, module: SAE, lr: float, betas: tuple[float, float], eps: float, aux_coefficient: float,
                  world: World | None = None, grad_clip: float | None = None):
@@ -70,7 +70,7 @@ class ReferenceStep:
         self.base = [group["lr"] for group in self.opt.param_groups]
 
     def __call__(self, x: torch.Tensor, dead: torch.Tensor, lr_scale: float, coef: float) -> StepOutput:
-        out = self.module(x, dead=dead)
+        out = self.module(x, dead=dead, world=self.world)
         if self.world.size == 1:
             loss, fvu = out.fvu + coef * out.sparsity + self.aux * out.aux_loss, out.fvu.detach()
         else:
@@ -93,9 +93,6 @@ class ReferenceStep:
         self.opt.step()
         self.module.normalize_decoder_()
         with torch.no_grad():
-            if self.world.size > 1 and isinstance(self.module, BatchTopKSAE):  # its EMA saw one slice
-                self.world.sum_(self.module.threshold)
-                self.module.threshold /= self.world.size
             active = out.codes != 0  # (n, d_sae)
             stats = torch.stack([active.sum().to(x.dtype), x.new_tensor(float(x.shape[0]))])  # (2,)
             fired = active.any(0)
