@@ -405,6 +405,32 @@ def test_a_free_decoder_norm_trains_and_saves_unit_rows(name, tmp_path):
     assert torch.allclose(back.forward(x).recon, dec.forward(x).recon, atol=1e-5)
 
 
+def test_a_free_norm_relu_sae_saves_unit_rows_and_reconstructs_the_same(tmp_path, monkeypatch):
+    """sae-relu trains with a free decoder norm (its default, the L1 weighs it); at the end the norms
+    are folded into the encoder: the saved rows are unit, the reconstruction is the trained SAE's, and
+    each code is the trained code times its row's norm."""
+    trained = {}
+    fold = ReLUSAE.fold_decoder_norm_
+
+    def keep_then_fold(self):
+        trained["sae"] = copy.deepcopy(self).eval()
+        fold(self)
+
+    monkeypatch.setattr(ReLUSAE, "fold_decoder_norm_", keep_then_fold)
+    x = planted(2000, seed=8)
+    dec = train_sae(D.create("sae-relu", k=4, width=32, steps=60, batch_size=200), x)
+    before = trained["sae"]  # the trained SAE, on raw inputs, its rows free
+    norms = before.W_dec.norm(dim=1).detach()  # (32,)
+    assert not torch.allclose(norms, torch.ones(32), atol=1e-2)
+    dec.save(tmp_path / "sae")
+    back = D.load(tmp_path / "sae")
+    assert torch.allclose(back.components_.norm(dim=1), torch.ones(32), atol=1e-5)
+    with torch.no_grad():
+        ref, out = before(x), back.forward(x)
+    assert torch.allclose(out.recon, ref.recon, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(out.codes, ref.codes * norms, rtol=1e-4, atol=1e-6)
+
+
 def test_normalisation_makes_training_scale_free():
     """Inputs 1000x larger give the same dictionary and 1000x the biases: the scale is estimated,
     trained away and folded back, so the saved SAE acts on raw activations."""

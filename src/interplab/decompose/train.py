@@ -35,7 +35,7 @@ from interplab import ui
 from interplab.config import Config
 from interplab.decompose.base import create
 from interplab.parallel import World
-from interplab.decompose.sae import SAE, BatchTopKSAE, ReLUSAE, SAEDecomposer, TopKSAE
+from interplab.decompose.sae import SAE, BatchTopKSAE, SAEDecomposer, TopKSAE
 from interplab.decompose.fast import FastStep
 from interplab.decompose.steps import ReferenceStep
 from interplab.decompose.timing import RunEstimate
@@ -72,8 +72,9 @@ class TrainConfig(Config):
     """'unit': decoder rows held at norm 1, the gradient along each row removed (Gao et al.,
     sparsify); 'free': rows of any norm, TopK and BatchTopK ranking pre-activations times the row
     norm (SAELens's `rescale_acts_by_decoder_norm`), folded into the encoder at the end so the saved
-    rows are unit; None: the architecture's default (`SAE.default_decoder_norm`: free for ReLU,
-    whose L1 it weights; unit for TopK, BatchTopK and JumpReLU)."""
+    rows are unit (a ReLU code then comes out times its row's norm, what its L1 weighed); None:
+    the architecture's default (`SAE.default_decoder_norm`: free for ReLU, whose L1 it weights;
+    unit for TopK, BatchTopK and JumpReLU)."""
     grad_clip: float | None = Field(default=None, gt=0)
     """Clip the gradient's global norm at this, in SAELens's units (the gradient of the per-token
     summed squared error on normalised inputs), before Adam; SAELens clips at 1. None: no clipping."""
@@ -341,7 +342,7 @@ def _train_module(module: SAE, stream: Stream, cfg: TrainConfig, checkpoint_dir:
 def _set_decoder_norm(module: SAE, choice: str) -> bool:
     """Apply TrainConfig.decoder_norm to `module`; True when its norms are to be folded at the end."""
     module.unit_decoder = choice == "unit"
-    if choice == "unit" or isinstance(module, ReLUSAE):
+    if choice == "unit":
         return False
     module.rescale_acts_by_decoder_norm = isinstance(module, (TopKSAE, BatchTopKSAE))
     return True
