@@ -40,7 +40,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 NAMES = ["sae-topk", "sae-batchtopk", "sae-jumprelu", "sae-relu", "sae-topk+free", "sae-batchtopk+free",
-         "sae-batchtopk+ref"]
+         "sae-jumprelu+free", "sae-batchtopk+ref"]
 
 
 @pytest.fixture(scope="module")

@@ -220,6 +220,10 @@ def test_resume_after_stop_gives_identical_weights(name, tmp_path):
     resumed = train_sae(D.create(name, **settings), x, cfg, tmp_path / "ckpt")
     for n in WEIGHTS:
         assert torch.equal(getattr(resumed.codec_, n), getattr(whole.codec_, n)), n
+    thresholds = {"sae-batchtopk": "threshold", "sae-jumprelu": "log_threshold"}.get(name)
+    if thresholds:  # BatchTopK's EMA buffer, JumpReLU's trained log thresholds
+        assert torch.equal(getattr(resumed.codec_, thresholds), getattr(whole.codec_, thresholds)), thresholds
+    assert whole.codec_.state_dict().keys() == set(WEIGHTS) | ({thresholds} if thresholds else set())
     assert load_checkpoint(tmp_path / "ckpt")[0]["step"] == 40
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000000040.json",
                                                                      "step_000000040.safetensors"]
