@@ -137,11 +137,12 @@ def run_variant(args: argparse.Namespace, variant: str, setup: Setup, folder: Pa
     from safetensors.torch import save_file
 
     from interplab.decompose import load
+    from interplab.decompose.train import default_dead_tokens
 
     cfg = train_config(args, variant, setup)
     sae = interplab_module(variant, args.width, args.k, setup)
     init = {n: getattr(sae, n).detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    dead_steps = max(10, setup.steps * setup.batch // 10 // setup.batch)  # interplab's default dead_tokens
+    dead_steps = default_dead_tokens(setup.batch, setup.steps) // setup.batch  # interplab's, in steps
     warm = max(1, round(cfg.sparsity_warmup * setup.steps))
     peers = []
     if not args.skip_saelens:

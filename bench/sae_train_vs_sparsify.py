@@ -93,10 +93,9 @@ def sparsify_side() -> None:
 
 # --- interplab side ------------------------------------------------------------------------------------
 def peer_job(args: argparse.Namespace, setup: Setup, cfg, optimizer: str, block: int) -> dict:
-    from interplab.decompose.train import lr_scale
+    from interplab.decompose.train import default_dead_tokens, lr_scale
 
-    run_tokens = setup.steps * setup.batch
-    dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(10 * setup.batch, run_tokens // 10)))
+    dead_tokens = cfg.dead_tokens or default_dead_tokens(setup.batch, setup.steps)
     job = {"optimizer": optimizer, "width": args.width, "k": args.k, "scale": setup.scale, "steps": setup.steps,
            "threads": args.threads, "block": block, "dead_tokens": dead_tokens}
     if optimizer == "adam":

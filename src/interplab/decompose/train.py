@@ -123,6 +123,13 @@ def lr_scale(step: int, total: int | None, warmup: float, decay: float) -> float
     return f
 
 
+def default_dead_tokens(batch_size: int, steps: int | None) -> int:
+    """TrainConfig.dead_tokens when it is None: a tenth of the run's tokens, at least 10 batches, at
+    most 10M tokens (a run of unknown length counts as 10^8 tokens)."""
+    run_tokens = steps * batch_size if steps else 10**8
+    return int(min(10_000_000, max(10 * batch_size, run_tokens // 10)))
+
+
 def steer(coef: float, l0: float, k: float) -> float:
     """One step of the matched-budget controller: a gentle multiplicative correction (at most 2%
     a step), because L0 answers the coefficient with a lag and a stronger gain oscillates."""
@@ -257,8 +264,7 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
     per_epoch = stream.steps_per_epoch
     total = cfg.steps or (max(1, math.ceil(cfg.epochs * per_epoch)) if per_epoch else None)
     lr = cfg.lr or min(1e-2, 2e-4 / math.sqrt(module.d_sae / 2**14))
-    run_tokens = total * stream.batch_size if total else 10**8
-    dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(10 * stream.batch_size, run_tokens // 10)))
+    dead_tokens = cfg.dead_tokens or default_dead_tokens(stream.batch_size, total)
     dev = device(cfg.device)
     module.to(dev)
     on_cpu = dev.type == "cpu"
