@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from interplab.parallel import World, batch_moments
 from interplab.decompose.sae import SAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 from interplab.decompose.steps import (Scatter, StepOutput, _csr, adam_tensors, aux_gradients, clip_gradients,
-                                       load_adam)
+                                       load_adam, row_pointers)
 from interplab.decompose.topk import shared_cut, top_positive
 
 DENSE_FRACTION = 0.08  # above this share of active candidate entries, dense products beat CSR ones
@@ -41,10 +41,7 @@ class Entries(NamedTuple):
 
 def _entries_from_mask(pre: torch.Tensor, mask: torch.Tensor) -> Entries:
     rows, lat = mask.nonzero(as_tuple=True)  # row-major: tokens ascending
-    counts = torch.bincount(rows, minlength=pre.shape[0])  # (n,)
-    crow = torch.zeros(pre.shape[0] + 1, dtype=torch.long)
-    torch.cumsum(counts, 0, out=crow[1:])
-    return Entries(rows, lat, pre[rows, lat], crow)
+    return Entries(rows, lat, pre[rows, lat], row_pointers(rows, pre.shape[0]))
 
 
 def sampled_dots(e: Entries, g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -198,10 +195,7 @@ class FastStep:
         self.module.update_threshold(vals)
         flat = flat.sort().values  # (E,) token-major
         rows, lat = flat // m, flat % m
-        counts = torch.bincount(rows, minlength=n)
-        crow = torch.zeros(n + 1, dtype=torch.long)
-        torch.cumsum(counts, 0, out=crow[1:])
-        return Entries(rows, lat, pre.view(-1)[flat], crow)
+        return Entries(rows, lat, pre.view(-1)[flat], row_pointers(rows, n))
 
     @torch.no_grad()
     def _batch_topk_shared(self, pre: torch.Tensor, n_all: int) -> Entries:

@@ -30,6 +30,14 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tup
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
+def row_pointers(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """(n + 1,) CSR row pointers of entries grouped by row, `rows` (E,) each entry's row in [0, n):
+    the entries of row t are crow[t]:crow[t + 1]."""
+    crow = rows.new_zeros(n + 1)  # (n + 1,)
+    torch.cumsum(torch.bincount(rows, minlength=n), 0, out=crow[1:])
+    return crow
+
+
 class StepOutput(NamedTuple):
     """What the training loop needs from a step, measured on the batch before the update."""
 
@@ -155,8 +163,7 @@ class Scatter:
 
     def __init__(self, latents: torch.Tensor, m: int):
         self.order = latents.argsort(stable=True)  # (E,)
-        self.crow = latents.new_zeros(m + 1)  # (m + 1,)
-        torch.cumsum(torch.bincount(latents, minlength=m), 0, out=self.crow[1:])
+        self.crow = row_pointers(latents, m)  # (m + 1,)
         self.m = m
 
     def __call__(self, rows: torch.Tensor, weights: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
