@@ -343,6 +343,3 @@ class FastStep:
         self.module.W_dec.copy_(Wd)
         self.module.b_dec.copy_(bd)
         self.module.eval()
-
-
-FastTopKStep = FastStep  # the name of round 1, when only TopK had a fast step
