@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 from paced import Peer, PeerPacer
-from sae_common import D_IN, PEERS_PYTHON, Setup, load_average, machine, prepare, scores, train_interleaved
+from sae_common import (D_IN, PEERS_PYTHON, Setup, add_common_args, load_average, machine, prepare, scores,
+                        train_interleaved)
 
 
 # --- sparsify side (runs inside .bench-peers; imports nothing from interplab) -----------------------
@@ -142,16 +143,7 @@ def run(args: argparse.Namespace, setup: Setup, root: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--quick", action="store_true", help="60 steps: the speed ratio, not FVU parity")
-    ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--width", type=int, default=4608)
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--block", type=int, default=10, help="steps per turn when the trainers alternate")
-    ap.add_argument("--decoder-norm", choices=["unit", "free"], default=None, help="interplab's TrainConfig.decoder_norm")
+    add_common_args(ap)
     ap.add_argument("--skip-default", action="store_true", help="leave out sparsify's default optimizer")
     ap.add_argument("--sparsify-side", action="store_true", help=argparse.SUPPRESS)
     args, _ = ap.parse_known_args()
