@@ -14,6 +14,7 @@ process (which has no interplab) can import `fvu64` from here.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from dataclasses import dataclass
@@ -26,6 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = ROOT / ".bench-peers" / "bin" / "python"
 D_IN, SITE = 576, "resid_post.6"
 TOKENS, EVAL_TOKENS, SEQ_LEN = 131072, 16384, 128
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The options every SAE training bench takes: run length, sizes, learning rate, threads, seed,
+    the interleaving block and interplab's decoder norm."""
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--quick", action="store_true", help="60 steps: the speed ratio, not FVU parity")
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--width", type=int, default=4608)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--block", type=int, default=10, help="steps per turn when the trainers alternate")
+    ap.add_argument("--decoder-norm", choices=["unit", "free"], default=None, help="interplab's TrainConfig.decoder_norm")
 
 
 def fvu64(x: torch.Tensor, recon: torch.Tensor) -> float:

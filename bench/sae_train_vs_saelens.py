@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 from paced import Peer, PeerPacer
-from sae_common import (D_IN, PEERS_PYTHON, Setup, load_average, machine, matmul_peak, prepare, scores, timed,
-                        train_interleaved)
+from sae_common import (D_IN, PEERS_PYTHON, Setup, add_common_args, load_average, machine, matmul_peak, prepare,
+                        scores, timed, train_interleaved)
 
 VARIANTS = ("topk", "batchtopk", "jumprelu", "relu")
 COEFFICIENT = {"jumprelu": 1.0, "relu": 5.0}  # SAELens units; interplab's defaults for its own units
@@ -137,11 +137,12 @@ def run_variant(args: argparse.Namespace, variant: str, setup: Setup, folder: Pa
     from safetensors.torch import save_file
 
     from interplab.decompose import load
+    from interplab.decompose.train import default_dead_tokens
 
     cfg = train_config(args, variant, setup)
     sae = interplab_module(variant, args.width, args.k, setup)
     init = {n: getattr(sae, n).detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    dead_steps = max(10, setup.steps * setup.batch // 10 // setup.batch)  # interplab's default dead_tokens
+    dead_steps = default_dead_tokens(setup.batch, setup.steps) // setup.batch  # interplab's, in steps
     warm = max(1, round(cfg.sparsity_warmup * setup.steps))
     peers = []
     if not args.skip_saelens:
@@ -224,18 +225,9 @@ def report(args: argparse.Namespace, rows: list[dict], peaks: list[float]) -> No
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variant", choices=[*VARIANTS, "all"], default="topk")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--quick", action="store_true", help="60 steps: the speed ratio, not FVU parity")
-    ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--width", type=int, default=4608)
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--block", type=int, default=10, help="steps per turn when the two trainers alternate")
+    add_common_args(ap)
     ap.add_argument("--validation", action="store_true",
                     help="train on the training tokens less their last 16384 and score on those (held-out unread)")
-    ap.add_argument("--decoder-norm", choices=["unit", "free"], default=None, help="interplab's TrainConfig.decoder_norm")
     ap.add_argument("--grad-clip", type=float, default=None, help="interplab's TrainConfig.grad_clip")
     ap.add_argument("--eps", type=float, default=None, help="interplab's Adam epsilon (default: TrainConfig's)")
     ap.add_argument("--skip-saelens", action="store_true")

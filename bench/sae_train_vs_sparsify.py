@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 from paced import Peer, PeerPacer
-from sae_common import D_IN, PEERS_PYTHON, Setup, load_average, machine, prepare, scores, train_interleaved
+from sae_common import (D_IN, PEERS_PYTHON, Setup, add_common_args, load_average, machine, prepare, scores,
+                        train_interleaved)
 
 
 # --- sparsify side (runs inside .bench-peers; imports nothing from interplab) -----------------------
@@ -93,10 +94,9 @@ def sparsify_side() -> None:
 
 # --- interplab side ------------------------------------------------------------------------------------
 def peer_job(args: argparse.Namespace, setup: Setup, cfg, optimizer: str, block: int) -> dict:
-    from interplab.decompose.train import lr_scale
+    from interplab.decompose.train import default_dead_tokens, lr_scale
 
-    run_tokens = setup.steps * setup.batch
-    dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(10 * setup.batch, run_tokens // 10)))
+    dead_tokens = cfg.dead_tokens or default_dead_tokens(setup.batch, setup.steps)
     job = {"optimizer": optimizer, "width": args.width, "k": args.k, "scale": setup.scale, "steps": setup.steps,
            "threads": args.threads, "block": block, "dead_tokens": dead_tokens}
     if optimizer == "adam":
@@ -143,16 +143,7 @@ def run(args: argparse.Namespace, setup: Setup, root: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--quick", action="store_true", help="60 steps: the speed ratio, not FVU parity")
-    ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--width", type=int, default=4608)
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--block", type=int, default=10, help="steps per turn when the trainers alternate")
-    ap.add_argument("--decoder-norm", choices=["unit", "free"], default=None, help="interplab's TrainConfig.decoder_norm")
+    add_common_args(ap)
     ap.add_argument("--skip-default", action="store_true", help="leave out sparsify's default optimizer")
     ap.add_argument("--sparsify-side", action="store_true", help=argparse.SUPPRESS)
     args, _ = ap.parse_known_args()

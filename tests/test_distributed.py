@@ -39,7 +39,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-NAMES = ["sae-topk", "sae-batchtopk", "sae-jumprelu", "sae-relu", "sae-topk+free", "sae-batchtopk+free"]
+NAMES = ["sae-topk", "sae-batchtopk", "sae-jumprelu", "sae-relu", "sae-topk+free", "sae-batchtopk+free",
+         "sae-jumprelu+free", "sae-batchtopk+ref"]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,9 @@ def two_ranks(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_two_ranks_train_what_one_process_trains(data: Path, tmp_path: Path, two_ranks: Path) -> None:
     """Same global batches and seed: the 2-rank weights equal the 1-process weights to float32 rounding
-    (the ranks sum in another order), for every architecture's fast step, and with SAELens's free
-    decoder norm and gradient clipping (TrainConfig.decoder_norm, grad_clip)."""
+    (the ranks sum in another order), for every architecture's fast step, with SAELens's free
+    decoder norm and gradient clipping (TrainConfig.decoder_norm, grad_clip), and for BatchTopK on
+    the autograd step (the one off the CPU), whose cut is over the whole batch as the fast step's."""
     _run([str(data), str(tmp_path / "w"), ",".join(NAMES), "20"], 1)
     for name in NAMES:
         one, two = load_file(f"{tmp_path / 'w'}.{name}"), load_file(f"{two_ranks}.{name}")

@@ -220,6 +220,10 @@ def test_resume_after_stop_gives_identical_weights(name, tmp_path):
     resumed = train_sae(D.create(name, **settings), x, cfg, tmp_path / "ckpt")
     for n in WEIGHTS:
         assert torch.equal(getattr(resumed.codec_, n), getattr(whole.codec_, n)), n
+    thresholds = {"sae-batchtopk": "threshold", "sae-jumprelu": "log_threshold"}.get(name)
+    if thresholds:  # BatchTopK's EMA buffer, JumpReLU's trained log thresholds
+        assert torch.equal(getattr(resumed.codec_, thresholds), getattr(whole.codec_, thresholds)), thresholds
+    assert whole.codec_.state_dict().keys() == set(WEIGHTS) | ({thresholds} if thresholds else set())
     assert load_checkpoint(tmp_path / "ckpt")[0]["step"] == 40
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000000040.json",
                                                                      "step_000000040.safetensors"]
@@ -238,6 +242,41 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     train_sae(D.create("sae-topk", k=4, width=32, steps=6, batch_size=100), x, {"checkpoint_every": 3}, tmp_path)
     with pytest.raises(UserError, match=r"different run \(.*lr"):
         train_sae(D.create("sae-topk", k=4, width=32, steps=6, batch_size=100, lr=0.1), x, None, tmp_path)
+
+
+def test_checkpoint_of_the_other_step_is_refused(tmp_path, monkeypatch):
+    """FastStep (CPU, fast=True) and ReferenceStep (any other device) save different tensors: a run
+    resumed on the other step is refused in one line that says what to do, both ways round."""
+    x = planted(1000, seed=6)
+    sae = D.create("sae-topk", k=4, width=32, steps=6, batch_size=100)
+    train_sae(sae, x, {"checkpoint_every": 2}, tmp_path / "fast", stop_after=3)
+    with monkeypatch.context() as m:  # the reference step, as off the CPU
+        m.setattr(FastStep, "applies", staticmethod(lambda module: False))
+        with pytest.raises(UserError, match=r"different run \(step differ\); it was trained by FastStep and this "
+                                            r"run takes ReferenceStep .*resume on the device it started on"):
+            train_sae(D.create("sae-topk", k=4, width=32, steps=6, batch_size=100), x, None, tmp_path / "fast")
+        train_sae(D.create("sae-topk", k=4, width=32, steps=6, batch_size=100), x, {"checkpoint_every": 2},
+                  tmp_path / "ref", stop_after=3)
+    with pytest.raises(UserError, match=r"trained by ReferenceStep and this run takes FastStep"):
+        train_sae(D.create("sae-topk", k=4, width=32, steps=6, batch_size=100), x, None, tmp_path / "ref")
+
+
+def test_checkpoint_without_a_recorded_step_still_resumes(tmp_path):
+    """Checkpoints written before the step class joined the identity: the tensors tell which it was."""
+    import json
+
+    x = planted(1000, seed=6)
+    settings = {"k": 4, "width": 32, "steps": 6, "batch_size": 100}
+    whole = train_sae(D.create("sae-topk", **settings), x)
+    train_sae(D.create("sae-topk", **settings), x, {"checkpoint_every": 2}, tmp_path, stop_after=3)
+    info = next(tmp_path.glob("step_*.json"))
+    meta = json.loads(info.read_text())
+    del meta["identity"]["step"]
+    info.write_text(json.dumps(meta))
+    resumed = train_sae(D.create("sae-topk", **settings), x, {"checkpoint_every": 2}, tmp_path)
+    assert all(torch.equal(getattr(resumed.codec_, n), getattr(whole.codec_, n)) for n in WEIGHTS)
+    with pytest.raises(UserError, match="trained by FastStep"):
+        train_sae(D.create("sae-topk", **settings), x, {"fast": False}, tmp_path)
 
 
 KILLED_RUN = """
@@ -368,6 +407,32 @@ def test_a_free_decoder_norm_trains_and_saves_unit_rows(name, tmp_path):
     dec.save(tmp_path / "sae")
     back = D.load(tmp_path / "sae")
     assert torch.allclose(back.forward(x).recon, dec.forward(x).recon, atol=1e-5)
+
+
+def test_a_free_norm_relu_sae_saves_unit_rows_and_reconstructs_the_same(tmp_path, monkeypatch):
+    """sae-relu trains with a free decoder norm (its default, the L1 weighs it); at the end the norms
+    are folded into the encoder: the saved rows are unit, the reconstruction is the trained SAE's, and
+    each code is the trained code times its row's norm."""
+    trained = {}
+    fold = ReLUSAE.fold_decoder_norm_
+
+    def keep_then_fold(self):
+        trained["sae"] = copy.deepcopy(self).eval()
+        fold(self)
+
+    monkeypatch.setattr(ReLUSAE, "fold_decoder_norm_", keep_then_fold)
+    x = planted(2000, seed=8)
+    dec = train_sae(D.create("sae-relu", k=4, width=32, steps=60, batch_size=200), x)
+    before = trained["sae"]  # the trained SAE, on raw inputs, its rows free
+    norms = before.W_dec.norm(dim=1).detach()  # (32,)
+    assert not torch.allclose(norms, torch.ones(32), atol=1e-2)
+    dec.save(tmp_path / "sae")
+    back = D.load(tmp_path / "sae")
+    assert torch.allclose(back.components_.norm(dim=1), torch.ones(32), atol=1e-5)
+    with torch.no_grad():
+        ref, out = before(x), back.forward(x)
+    assert torch.allclose(out.recon, ref.recon, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(out.codes, ref.codes * norms, rtol=1e-4, atol=1e-6)
 
 
 def test_normalisation_makes_training_scale_free():

@@ -87,7 +87,7 @@ class World:
         """Every rank's 1-D tensor concatenated (ranks may hold different lengths)."""
         if self.size == 1:
             return t
-        n = torch.tensor([t.numel()], dtype=torch.long)
+        n = torch.tensor([t.numel()], dtype=torch.long, device=t.device)  # NCCL gathers GPU tensors only
         sizes = [torch.zeros_like(n) for _ in range(self.size)]
         dist.all_gather(sizes, n)
         longest = int(max(int(s) for s in sizes))

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from interplab.parallel import World, batch_moments
 from interplab.decompose.sae import SAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 from interplab.decompose.steps import (Scatter, StepOutput, _csr, adam_tensors, aux_gradients, clip_gradients,
-                                       load_adam)
+                                       load_adam, row_pointers)
+from interplab.decompose.topk import shared_cut, top_positive
 
 DENSE_FRACTION = 0.08  # above this share of active candidate entries, dense products beat CSR ones
 
@@ -40,10 +41,7 @@ class Entries(NamedTuple):
 
 def _entries_from_mask(pre: torch.Tensor, mask: torch.Tensor) -> Entries:
     rows, lat = mask.nonzero(as_tuple=True)  # row-major: tokens ascending
-    counts = torch.bincount(rows, minlength=pre.shape[0])  # (n,)
-    crow = torch.zeros(pre.shape[0] + 1, dtype=torch.long)
-    torch.cumsum(counts, 0, out=crow[1:])
-    return Entries(rows, lat, pre[rows, lat], crow)
+    return Entries(rows, lat, pre[rows, lat], row_pointers(rows, pre.shape[0]))
 
 
 def sampled_dots(e: Entries, g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -52,38 +50,6 @@ def sampled_dots(e: Entries, g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         return g.new_zeros(0)
     pattern = _csr(e.crow, e.lat, g.new_zeros(e.lat.numel()), (g.shape[0], W.shape[0]))
     return torch.sparse.sampled_addmm(pattern, g, W.T, beta=0.0).values()  # (E,)
-
-
-class Top(NamedTuple):
-    values: torch.Tensor  # (E,)
-    indices: torch.Tensor  # (E,) positions in the flat tensor
-
-
-def top_positive(flat: torch.Tensor, count: int) -> Top:
-    """The `count` largest positive entries of a flat tensor (all positive ones if fewer), as
-    `flat.clamp_min(0).topk(count)` keeps them less its zeros, which change no code.
-
-    BatchTopK's cut over a whole batch is a top-(k·n) of n·d_sae values, which `topk` sorts its way
-    through in seconds (measured: 2.4 s at n 4096, d_sae 4608, k 32, against 0.5 s for the per-row
-    top-k). Here a strided sample of 2^16 entries guesses a value just below the cut; one comparison
-    pass then leaves a few more than `count` candidates, and `topk` over those alone is exact. If
-    the guess leaves too few, a lower guess (and at last 0) is tried: the result never depends on it."""
-    n = flat.numel()
-    sample = flat[:: max(1, n // 65536)]  # (s,) a deterministic spread of rows and latents
-    for share in (1.25, 3.0, None):
-        if share is None or count * share >= n:
-            guess = flat.new_zeros(())
-        else:
-            rank = max(1, min(sample.numel(), round(sample.numel() * (1 - share * count / n))))
-            guess = sample.kthvalue(rank).values.clamp_min(0)
-        candidates = (flat > guess).nonzero().squeeze(1)  # (C,)
-        if candidates.numel() >= count or share is None:
-            break
-    values = flat[candidates]  # (C,)
-    if values.numel() > count:
-        top = values.topk(count, sorted=False)
-        return Top(top.values, candidates[top.indices])
-    return Top(values, candidates)
 
 
 class Rules:
@@ -226,30 +192,17 @@ class FastStep:
         """The k·n largest ReLU'd pre-activations of the batch; the threshold's EMA as the module does."""
         n, m = pre.shape
         vals, flat = top_positive(pre.view(-1), min(self.k * n, pre.numel()))  # (E,), (E,)
-        if vals.numel():
-            self.module.threshold.lerp_(vals.min().expand_as(self.module.threshold), self.module.threshold_lr)
+        self.module.update_threshold(vals)
         flat = flat.sort().values  # (E,) token-major
         rows, lat = flat // m, flat % m
-        counts = torch.bincount(rows, minlength=n)
-        crow = torch.zeros(n + 1, dtype=torch.long)
-        torch.cumsum(counts, 0, out=crow[1:])
-        return Entries(rows, lat, pre.view(-1)[flat], crow)
+        return Entries(rows, lat, pre.view(-1)[flat], row_pointers(rows, n))
 
     @torch.no_grad()
     def _batch_topk_shared(self, pre: torch.Tensor, n_all: int) -> Entries:
-        """BatchTopK over a batch split across ranks: the k·n-th largest value of the whole batch
-        (from every rank's own top k·n) is the cut; each rank keeps its entries at or above it."""
-        want = self.k * n_all
-        local = top_positive(pre.view(-1), min(want, pre.numel())).values
-        every = self.world.gather(local)
-        cut = every.topk(min(want, every.numel())).values.min() if every.numel() else pre.new_tensor(float("inf"))
-        mask = (pre >= cut) & (pre > 0)  # zero codes change nothing: left out
-        kept = pre[mask]
-        low = (kept.min() if kept.numel() else pre.new_tensor(float("inf"))).reshape(1)
-        self.world.min_(low)
-        if torch.isfinite(low).all():
-            self.module.threshold.lerp_(low[0].expand_as(self.module.threshold), self.module.threshold_lr)
-        return _entries_from_mask(pre, mask)
+        """BatchTopK over a batch split across ranks: the whole batch's cut (`topk.shared_cut`)."""
+        cut = shared_cut(pre, self.k * n_all, self.world)
+        self.module.update_threshold(cut.low)
+        return _entries_from_mask(pre, cut.keep)
 
     # --- the step ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -390,6 +343,3 @@ class FastStep:
         self.module.W_dec.copy_(Wd)
         self.module.b_dec.copy_(bd)
         self.module.eval()
-
-
-FastTopKStep = FastStep  # the name of round 1, when only TopK had a fast step

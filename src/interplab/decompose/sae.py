@@ -24,6 +24,8 @@ from torch import nn
 
 from interplab.decompose.base import Data, Decomposer, Settings, register
 from interplab.decompose.saelens import Codec, ForwardOutput, batch_fvu
+from interplab.decompose.topk import shared_cut
+from interplab.parallel import World
 
 
 class SAE(Codec):
@@ -51,7 +53,8 @@ class SAE(Codec):
         """Adam parameter groups; JumpReLU gives its thresholds their own learning rate."""
         return [{"params": list(self.parameters()), "lr": lr}]
 
-    def train_activate(self, pre: torch.Tensor) -> torch.Tensor:
+    def train_activate(self, pre: torch.Tensor, world: World) -> torch.Tensor:
+        """The training nonlinearity; `world`: the ranks whose rows make up the batch with these."""
         return self.activate(pre)
 
     def sparsity_loss(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -60,10 +63,11 @@ class SAE(Codec):
     def aux_loss(self, x: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(())
 
-    def forward(self, x: torch.Tensor, dead: torch.Tensor | None = None) -> ForwardOutput:
-        """x (n, d_in); `dead` (d_sae,) bool marks latents the auxiliary loss should revive."""
+    def forward(self, x: torch.Tensor, dead: torch.Tensor | None = None, world: World | None = None) -> ForwardOutput:
+        """x (n, d_in); `dead` (d_sae,) bool marks latents the auxiliary loss should revive; `world`:
+        the data-parallel ranks whose rows make up the training batch with x (BatchTopK cuts it whole)."""
         pre = self.pre_acts(x)  # (n, d_sae)
-        codes = self.train_activate(pre) if self.training else self.activate(pre)  # (n, d_sae)
+        codes = self.train_activate(pre, world or World()) if self.training else self.activate(pre)  # (n, d_sae)
         recon = self.decode(codes)  # (n, d_in)
         zero = x.new_zeros(())
         if not self.training:
@@ -164,15 +168,26 @@ class BatchTopKSAE(SAE):
         if not rescaled:
             self.threshold *= norms
 
-    def train_activate(self, pre: torch.Tensor) -> torch.Tensor:
+    def train_activate(self, pre: torch.Tensor, world: World) -> torch.Tensor:
         acts = torch.relu(pre)  # (n, d_sae)
+        if world.size > 1:  # the rows of the batch are spread over the ranks: cut the whole batch
+            n_all = torch.tensor([acts.shape[0]], device=acts.device)
+            world.sum_(n_all)
+            cut = shared_cut(acts.detach(), self.k * int(n_all), world)
+            self.update_threshold(cut.low)
+            return acts * cut.keep
         top = acts.flatten().topk(min(self.k * acts.shape[0], acts.numel()))
         codes = torch.zeros_like(acts).flatten().scatter_(0, top.indices, top.values).view_as(acts)
-        with torch.no_grad():
-            kept = top.values[top.values > 0]
-            if kept.numel():
-                self.threshold.lerp_(kept.min().expand_as(self.threshold), self.threshold_lr)
+        self.update_threshold(top.values[top.values > 0])
         return codes
+
+    @torch.no_grad()
+    def update_threshold(self, kept: torch.Tensor) -> None:
+        """One step of the threshold's EMA towards the smallest value the batch kept (`kept`: those
+        values, or their minimum; +inf or empty when it kept none, and then the EMA stays)."""
+        low = kept.min() if kept.numel() else None
+        if low is not None and bool(torch.isfinite(low)):
+            self.threshold.lerp_(low.expand_as(self.threshold), self.threshold_lr)
 
     def aux_loss(self, x: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         return auxk_loss(self, x, recon, pre, dead)
@@ -243,7 +258,7 @@ class JumpReLUSAE(SAE):
     def threshold(self) -> torch.Tensor:
         return self.log_threshold.exp().to(torch.float32)  # (d_sae,)
 
-    def train_activate(self, pre: torch.Tensor) -> torch.Tensor:
+    def train_activate(self, pre: torch.Tensor, world: World) -> torch.Tensor:
         return _JumpReLUFn.apply(pre, self.threshold, self.bandwidth)
 
     def sparsity_loss(self, pre: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

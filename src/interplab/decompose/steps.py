@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from interplab.parallel import World, batch_moments
-from interplab.decompose.sae import SAE, BatchTopKSAE
+from interplab.decompose.sae import SAE
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -28,6 +28,14 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tup
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def row_pointers(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """(n + 1,) CSR row pointers of entries grouped by row, `rows` (E,) each entry's row in [0, n):
+    the entries of row t are crow[t]:crow[t + 1]."""
+    crow = rows.new_zeros(n + 1)  # (n + 1,)
+    torch.cumsum(torch.bincount(rows, minlength=n), 0, out=crow[1:])
+    return crow
 
 
 class StepOutput(NamedTuple):
@@ -59,8 +67,8 @@ class ReferenceStep:
     Under data parallelism (`world` of several ranks) each rank's loss is its share of the global
     batch's loss (its squared error over the global total variance, its rows' penalty over the
     global row count, AuxK over the global residual variance) and the gradients are summed across
-    ranks before the update; BatchTopK then keeps the top k·n of each rank's rows (an approximation:
-    the fast step on the CPU cuts the whole batch) and the ranks average its threshold."""
+    ranks before the update; BatchTopK cuts the whole batch across the ranks (`topk.shared_cut`), as
+    the fast step does, so every rank moves its threshold by the same value."""
 
     def __init__(self, module: SAE, lr: float, betas: tuple[float, float], eps: float, aux_coefficient: float,
                  world: World | None = None, grad_clip: float | None = None):
@@ -70,7 +78,7 @@ class ReferenceStep:
         self.base = [group["lr"] for group in self.opt.param_groups]
 
     def __call__(self, x: torch.Tensor, dead: torch.Tensor, lr_scale: float, coef: float) -> StepOutput:
-        out = self.module(x, dead=dead)
+        out = self.module(x, dead=dead, world=self.world)
         if self.world.size == 1:
             loss, fvu = out.fvu + coef * out.sparsity + self.aux * out.aux_loss, out.fvu.detach()
         else:
@@ -93,9 +101,6 @@ class ReferenceStep:
         self.opt.step()
         self.module.normalize_decoder_()
         with torch.no_grad():
-            if self.world.size > 1 and isinstance(self.module, BatchTopKSAE):  # its EMA saw one slice
-                self.world.sum_(self.module.threshold)
-                self.module.threshold /= self.world.size
             active = out.codes != 0  # (n, d_sae)
             stats = torch.stack([active.sum().to(x.dtype), x.new_tensor(float(x.shape[0]))])  # (2,)
             fired = active.any(0)
@@ -158,8 +163,7 @@ class Scatter:
 
     def __init__(self, latents: torch.Tensor, m: int):
         self.order = latents.argsort(stable=True)  # (E,)
-        self.crow = latents.new_zeros(m + 1)  # (m + 1,)
-        torch.cumsum(torch.bincount(latents, minlength=m), 0, out=self.crow[1:])
+        self.crow = row_pointers(latents, m)  # (m + 1,)
         self.m = m
 
     def __call__(self, rows: torch.Tensor, weights: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from interplab import ui
 from interplab.config import Config
 from interplab.decompose.base import create
 from interplab.parallel import World
-from interplab.decompose.sae import SAE, BatchTopKSAE, ReLUSAE, SAEDecomposer, TopKSAE
+from interplab.decompose.sae import SAE, BatchTopKSAE, SAEDecomposer, TopKSAE
 from interplab.decompose.fast import FastStep
 from interplab.decompose.steps import ReferenceStep
 from interplab.decompose.timing import RunEstimate
@@ -72,8 +72,9 @@ class TrainConfig(Config):
     """'unit': decoder rows held at norm 1, the gradient along each row removed (Gao et al.,
     sparsify); 'free': rows of any norm, TopK and BatchTopK ranking pre-activations times the row
     norm (SAELens's `rescale_acts_by_decoder_norm`), folded into the encoder at the end so the saved
-    rows are unit; None: the architecture's default (`SAE.default_decoder_norm`: free for ReLU,
-    whose L1 it weights; unit for TopK, BatchTopK and JumpReLU)."""
+    rows are unit (a ReLU code then comes out times its row's norm, what its L1 weighed); None:
+    the architecture's default (`SAE.default_decoder_norm`: free for ReLU, whose L1 it weights;
+    unit for TopK, BatchTopK and JumpReLU)."""
     grad_clip: float | None = Field(default=None, gt=0)
     """Clip the gradient's global norm at this, in SAELens's units (the gradient of the per-token
     summed squared error on normalised inputs), before Adam; SAELens clips at 1. None: no clipping."""
@@ -120,6 +121,13 @@ def lr_scale(step: int, total: int | None, warmup: float, decay: float) -> float
     if d > 0 and step >= total - d:
         f *= (total - step) / d  # 1 at step T-D, 1/D at the last step
     return f
+
+
+def default_dead_tokens(batch_size: int, steps: int | None) -> int:
+    """TrainConfig.dead_tokens when it is None: a tenth of the run's tokens, at least 10 batches, at
+    most 10M tokens (a run of unknown length counts as 10^8 tokens)."""
+    run_tokens = steps * batch_size if steps else 10**8
+    return int(min(10_000_000, max(10 * batch_size, run_tokens // 10)))
 
 
 def steer(coef: float, l0: float, k: float) -> float:
@@ -211,11 +219,13 @@ class _Loop:
     since: torch.Tensor  # (d_sae,) tokens since each latent last fired
 
 
-def _identity(module: SAE, cfg: TrainConfig, scale: float) -> dict[str, Any]:
-    """What must match for a checkpoint to continue this run (settings that change no number are left out)."""
+def _identity(module: SAE, cfg: TrainConfig, scale: float, step: str) -> dict[str, Any]:
+    """What must match for a checkpoint to continue this run (settings that change no number are left out).
+    `step` is the step class: FastStep and ReferenceStep save different tensors (the encoder
+    transposed or not, Adam's state per parameter), and which one runs depends on the device too."""
     c = cfg.model_dump(mode="json", exclude={"checkpoint_every", "threads", "log_every", "device"})
     return {"module": type(module).__name__, "d_in": module.d_in, "d_sae": module.d_sae, "k": module.k,
-            "scale": scale, "config": c}
+            "scale": scale, "step": step, "config": c}
 
 
 def _resume(folder: Path, step_fn: Any, loop: _Loop, identity: dict[str, Any]) -> None:
@@ -223,13 +233,18 @@ def _resume(folder: Path, step_fn: Any, loop: _Loop, identity: dict[str, Any]) -
     if found is None:
         return
     meta, tensors = found
-    if meta.get("identity") != identity:
-        theirs = meta.get("identity") or {}
+    theirs = dict(meta.get("identity") or {})
+    if theirs and "step" not in theirs:  # written before the step was recorded: its tensors tell
+        theirs["step"] = FastStep.__name__ if "param.W_encT" in tensors else ReferenceStep.__name__
+    if theirs != identity:
         diff = [k for k in identity if theirs.get(k) != identity[k]]
         if "config" in diff:
             diff += [k for k, v in identity["config"].items() if theirs.get("config", {}).get(k) != v]
-        raise UserError(f"the checkpoint in {folder} belongs to a different run ({', '.join(diff)} differ); "
-                        "use another checkpoint folder or delete this one")
+        todo = "use another checkpoint folder or delete this one"
+        if "step" in diff:  # the device (or `fast`) changed: the other step cannot read these tensors
+            todo = (f"it was trained by {theirs.get('step')} and this run takes {identity['step']} (FastStep: "
+                    f"CPU with fast=True); resume on the device it started on, or {todo}")
+        raise UserError(f"the checkpoint in {folder} belongs to a different run ({', '.join(diff)} differ); {todo}")
     step_fn.load_state(tensors)
     loop.step, loop.coef, loop.ema_l0 = meta["step"], meta["coef"], meta["ema_l0"]
     loop.since.copy_(tensors["since"])
@@ -249,8 +264,7 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
     per_epoch = stream.steps_per_epoch
     total = cfg.steps or (max(1, math.ceil(cfg.epochs * per_epoch)) if per_epoch else None)
     lr = cfg.lr or min(1e-2, 2e-4 / math.sqrt(module.d_sae / 2**14))
-    run_tokens = total * stream.batch_size if total else 10**8
-    dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(10 * stream.batch_size, run_tokens // 10)))
+    dead_tokens = cfg.dead_tokens or default_dead_tokens(stream.batch_size, total)
     dev = device(cfg.device)
     module.to(dev)
     on_cpu = dev.type == "cpu"
@@ -258,7 +272,7 @@ def train(module: SAE, stream: Stream, cfg: TrainConfig, scale: float, checkpoin
     step_fn = kind(module, lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.aux_coefficient, world,
                    cfg.grad_clip)
     loop = _Loop(0, cfg.sparsity_coefficient, 0.0, torch.zeros(module.d_sae, dtype=torch.long))
-    identity = _identity(module, cfg, scale)
+    identity = _identity(module, cfg, scale, kind.__name__)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
         _resume(folder, step_fn, loop, identity)
@@ -334,7 +348,7 @@ def _train_module(module: SAE, stream: Stream, cfg: TrainConfig, checkpoint_dir:
 def _set_decoder_norm(module: SAE, choice: str) -> bool:
     """Apply TrainConfig.decoder_norm to `module`; True when its norms are to be folded at the end."""
     module.unit_decoder = choice == "unit"
-    if choice == "unit" or isinstance(module, ReLUSAE):
+    if choice == "unit":
         return False
     module.rescale_acts_by_decoder_norm = isinstance(module, (TopKSAE, BatchTopKSAE))
     return True
