@@ -90,7 +90,7 @@ def saelens_side() -> None:
 
 
 # --- interplab side ------------------------------------------------------------------------------------
-def interplab_module(variant: str, width: int, k: int, setup: Setup):
+def interplab_module(variant: str, width: int, k: int, setup: Setup, threshold_lr_scale: float | None = None):
     from interplab.decompose.sae import BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
     from interplab.decompose.sae import JumpReLUSettings
     from interplab.decompose.streams import generator
@@ -101,7 +101,8 @@ def interplab_module(variant: str, width: int, k: int, setup: Setup):
         sae = BatchTopKSAE(D_IN, width, k)
     elif variant == "jumprelu":
         s = JumpReLUSettings()  # the decomposer's defaults: bandwidth, threshold lr scale
-        sae = JumpReLUSAE(D_IN, width, s.bandwidth, 1.0, "l0", threshold_lr_scale=s.threshold_lr_scale)
+        scale = s.threshold_lr_scale if threshold_lr_scale is None else threshold_lr_scale
+        sae = JumpReLUSAE(D_IN, width, s.bandwidth, 1.0, "l0", threshold_lr_scale=scale)
     else:
         sae = ReLUSAE(D_IN, width)
     sae.init_(setup.mean * setup.scale, generator(setup.seed, -1))  # scaled units, as both trainers see the data
@@ -140,7 +141,7 @@ def run_variant(args: argparse.Namespace, variant: str, setup: Setup, folder: Pa
     from interplab.decompose.train import default_dead_tokens
 
     cfg = train_config(args, variant, setup)
-    sae = interplab_module(variant, args.width, args.k, setup)
+    sae = interplab_module(variant, args.width, args.k, setup, args.threshold_lr_scale)
     init = {n: getattr(sae, n).detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
     dead_steps = default_dead_tokens(setup.batch, setup.steps) // setup.batch  # interplab's, in steps
     warm = max(1, round(cfg.sparsity_warmup * setup.steps))
@@ -230,6 +231,9 @@ def main() -> None:
                     help="train on the training tokens less their last 16384 and score on those (held-out unread)")
     ap.add_argument("--grad-clip", type=float, default=None, help="interplab's TrainConfig.grad_clip")
     ap.add_argument("--eps", type=float, default=None, help="interplab's Adam epsilon (default: TrainConfig's)")
+    ap.add_argument("--threshold-lr-scale", type=float, default=None,
+                    help="JumpReLU: learning rate of log(threshold) over lr (default: JumpReLUSettings', 10; "
+                         "SAELens trains the threshold itself at lr)")
     ap.add_argument("--skip-saelens", action="store_true")
     ap.add_argument("--saelens-side", action="store_true", help=argparse.SUPPRESS)
     args, _ = ap.parse_known_args()
