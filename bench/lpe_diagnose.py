@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
 
 import numpy as np
 import torch
 
 from interplab import ui
-from interplab.lpe import Problem, distribution, event_probs, methods, pick_targets
+from interplab.lpe import Problem, methods
 from interplab.lpe.groundtruth import event_inputs
 from interplab.runtime import single_thread
-from interplab.subjects.chartf import VOCAB, CharTFConfig, train_chartf
+from interplab.subjects.chartf import VOCAB
+from lpe_common import add_case_args, below_floor
 
 SHOW = (0, 1, 2, 5, 10, 20)
 
@@ -146,12 +146,8 @@ def summarise(name: str, diags: list[dict]) -> None:
 def report(layers: list[int], dists: list[str], positions: int, budget: int, Ts: list[float], score: str,
            T_mhis: float, verbose: bool) -> None:
     for n_layers in layers:
-        model = train_chartf(CharTFConfig(n_layers=n_layers))
         cases = []
-        for dname in dists:
-            d = distribution(dname, positions)
-            probs = event_probs(model, d)
-            targets = pick_targets(probs, 1e-9, 1.0 / budget)
+        for _, dname, model, d, probs, targets in below_floor([n_layers], dists, positions, 1.0 / budget):
             evs = event_inputs(model, d, targets)
             cases += [(Problem(model, d, t, dname), evs[t], float(probs[t])) for t in targets]
         for T in Ts:
@@ -162,10 +158,7 @@ def report(layers: list[int], dists: list[str], positions: int, budget: int, Ts:
 @single_thread()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layers", default="1,2,4")
-    ap.add_argument("--dists", default="lower,tune_mix")
-    ap.add_argument("--positions", type=int, default=4)
-    ap.add_argument("--budget", type=int, default=4096)
+    add_case_args(ap)
     ap.add_argument("--T", default="1.0", help="ITGIS temperatures, comma-separated")
     ap.add_argument("--score", default="logit", choices=["logit", "logprob"])
     ap.add_argument("--T-mhis", type=float, default=0.5)

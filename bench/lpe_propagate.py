@@ -31,11 +31,12 @@ import torch
 from scipy.stats import norm
 
 from interplab import ui
-from interplab.lpe import Problem, distribution, event_probs, methods, pick_targets
+from interplab.lpe import Problem, methods
 from interplab.lpe.groundtruth import _chunks, event_inputs, last_logits
 from interplab.lpe.propagate import forward_flops, lens, propagate_all, residual_states
 from interplab.runtime import single_thread
-from interplab.subjects.chartf import VOCAB, CharTFConfig, train_chartf
+from interplab.subjects.chartf import VOCAB
+from lpe_common import add_case_args, below_floor
 
 
 @torch.no_grad()
@@ -80,29 +81,24 @@ def tightest(model, state, t: int) -> int:
 def report(layers: list[int], dists_names: list[str], positions: int, budget: int) -> None:
     print("stage      | exact mean  sd   | Gauss mean  sd   | exact P(m>0) | Gauss P(m>0) | moment-matched P | "
           "log10 Gauss/exact")
-    for n_layers in layers:
-        model = train_chartf(CharTFConfig(n_layers=n_layers))
-        for dname in dists_names:
-            dists = distribution(dname, positions)
-            probs = event_probs(model, dists)
-            targets = pick_targets(probs, 1e-9, 1.0 / budget)
-            states = residual_states(model, dists, full=True)
-            prop, _ = propagate_all(model, dists, targets)
-            for t in targets:
-                j = tightest(model, states[-1], t)
-                ms, w = exact_margins(model, dists, t, j)
-                print(f"-- {n_layers}L {dname} target {VOCAB[t]!r} vs {VOCAB[j]!r}: P = {probs[t]:.2e}")
-                for k, (m, state) in enumerate(zip(ms, states)):
-                    em = float(np.sum(w * m))
-                    esd = float(np.sqrt(np.sum(w * (m - em) ** 2)))
-                    gm, gsd = gaussian_margin(model, state, t, j)
-                    ep, gp, mp = float(np.sum(w * (m > 0))), norm.sf(0, gm, gsd), norm.sf(0, em, esd)
-                    ratio = math.log10(max(gp, 1e-300) / ep) if ep > 0 else math.inf
-                    name = "embedding" if k == 0 else f"block {k}"
-                    print(f"{name:10s} | {em:7.2f} {esd:6.2f} | {gm:7.2f} {gsd:6.2f} | {ep:12.2e} | {gp:12.2e} | "
-                          f"{mp:16.2e} | {ratio:6.1f}")
-                r = math.log10(max(prop[t], 1e-300) / probs[t])
-                print(f"{'event':10s} | P(argmax = t) exact {probs[t]:.2e}, propagate {prop[t]:.2e}: log10 ratio {r:.1f}")
+    for n_layers, dname, model, dists, probs, targets in below_floor(layers, dists_names, positions, 1.0 / budget):
+        states = residual_states(model, dists, full=True)
+        prop, _ = propagate_all(model, dists, targets)
+        for t in targets:
+            j = tightest(model, states[-1], t)
+            ms, w = exact_margins(model, dists, t, j)
+            print(f"-- {n_layers}L {dname} target {VOCAB[t]!r} vs {VOCAB[j]!r}: P = {probs[t]:.2e}")
+            for k, (m, state) in enumerate(zip(ms, states)):
+                em = float(np.sum(w * m))
+                esd = float(np.sqrt(np.sum(w * (m - em) ** 2)))
+                gm, gsd = gaussian_margin(model, state, t, j)
+                ep, gp, mp = float(np.sum(w * (m > 0))), norm.sf(0, gm, gsd), norm.sf(0, em, esd)
+                ratio = math.log10(max(gp, 1e-300) / ep) if ep > 0 else math.inf
+                name = "embedding" if k == 0 else f"block {k}"
+                print(f"{name:10s} | {em:7.2f} {esd:6.2f} | {gm:7.2f} {gsd:6.2f} | {ep:12.2e} | {gp:12.2e} | "
+                      f"{mp:16.2e} | {ratio:6.1f}")
+            r = math.log10(max(prop[t], 1e-300) / probs[t])
+            print(f"{'event':10s} | P(argmax = t) exact {probs[t]:.2e}, propagate {prop[t]:.2e}: log10 ratio {r:.1f}")
 
 
 def guided_objective(model, logp: torch.Tensor, sup: torch.Tensor, theta: torch.Tensor, t: int, full: bool):
@@ -168,31 +164,23 @@ def report_guided(layers: list[int], dists_names: list[str], positions: int, bud
     cfg = LPEConfig()
     print(f"\nGuided importance sampling (mean-field Gaussian) vs ITGIS (T={cfg.itgis_temperature}, {cfg.itgis_score}), "
           f"budget {budget}: estimate / P per seed; cosine of the tilt with the best product proposal's")
-    for n_layers in layers:
-        model = train_chartf(CharTFConfig(n_layers=n_layers))
-        for dname in dists_names:
-            dists = distribution(dname, positions)
-            probs = event_probs(model, dists)
-            targets = pick_targets(probs, 1e-9, 1.0 / budget)
-            evs = event_inputs(model, dists, targets)
-            for t in targets:
-                P, problem = float(probs[t]), Problem(model, dists, t, dname)
-                runs = [guided_is(problem, budget, s) for s in range(seeds)]
-                want = oracle(evs[t], dists.shape[0], dists.shape[1]) - dists.log()
-                cos = alignment(runs[0][2] - dists.log(), want, dists > 0)
-                it = [methods.itgis_trace(problem, budget, s, cfg.itgis_temperature, score=cfg.itgis_score,
-                                          decay=cfg.itgis_decay).at(budget)[0] / P for s in range(seeds)]
-                print(f"{n_layers}L {dname} {VOCAB[t]!r} P={P:.1e}: guided " + " ".join(f"{e / P:.2f}" for e, *_ in runs)
-                      + f" (cost {runs[0][1]:.0f} FPE, tilt cosine {cos:+.2f}) | ITGIS " + " ".join(f"{x:.2f}" for x in it))
+    for n_layers, dname, model, dists, probs, targets in below_floor(layers, dists_names, positions, 1.0 / budget):
+        evs = event_inputs(model, dists, targets)
+        for t in targets:
+            P, problem = float(probs[t]), Problem(model, dists, t, dname)
+            runs = [guided_is(problem, budget, s) for s in range(seeds)]
+            want = oracle(evs[t], dists.shape[0], dists.shape[1]) - dists.log()
+            cos = alignment(runs[0][2] - dists.log(), want, dists > 0)
+            it = [methods.itgis_trace(problem, budget, s, cfg.itgis_temperature, score=cfg.itgis_score,
+                                      decay=cfg.itgis_decay).at(budget)[0] / P for s in range(seeds)]
+            print(f"{n_layers}L {dname} {VOCAB[t]!r} P={P:.1e}: guided " + " ".join(f"{e / P:.2f}" for e, *_ in runs)
+                  + f" (cost {runs[0][1]:.0f} FPE, tilt cosine {cos:+.2f}) | ITGIS " + " ".join(f"{x:.2f}" for x in it))
 
 
 @single_thread()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layers", default="1,2,4")
-    ap.add_argument("--dists", default="lower,tune_mix")
-    ap.add_argument("--positions", type=int, default=4)
-    ap.add_argument("--budget", type=int, default=4096)
+    add_case_args(ap)
     ap.add_argument("--guided", action="store_true", help="also run the Gaussian-guided importance sampler")
     args = ap.parse_args()
     ui.set_quiet(True)

@@ -16,14 +16,14 @@ import argparse
 import itertools
 import math
 import time
-from dataclasses import replace
 
 import numpy as np
 
 from interplab import ui
-from interplab.lpe import TUNING, Problem, distribution, event_probs, methods, pick_targets
+from interplab.lpe import TUNING, Problem, methods
 from interplab.runtime import single_thread
-from interplab.subjects.chartf import VOCAB, CharTFConfig, train_chartf
+from interplab.subjects.chartf import VOCAB
+from lpe_common import below_floor
 
 ITGIS_GRID = {"score": ["logit", "logprob"], "decay": [0.9, 1.0], "T": [0.05, 0.1, 0.2, 0.5, 1.0, 2.0]}
 MHIS_T = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
@@ -31,13 +31,9 @@ MHIS_T = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 
 def problems(layers: list[int], positions: int, budget: int) -> list[tuple[str, Problem, float]]:
     out = []
-    for n_layers in layers:
-        model = train_chartf(CharTFConfig(n_layers=n_layers))
-        for name in TUNING:
-            dists = distribution(name, positions)
-            probs = event_probs(model, dists)
-            for t in pick_targets(probs, 1e-9, 1.0 / budget * 0.999):
-                out.append((f"{n_layers}L/{name}/{VOCAB[t]!r}", Problem(model, dists, t, name), float(probs[t])))
+    for n_layers, name, model, dists, probs, targets in below_floor(layers, list(TUNING), positions, 0.999 / budget):
+        for t in targets:
+            out.append((f"{n_layers}L/{name}/{VOCAB[t]!r}", Problem(model, dists, t, name), float(probs[t])))
     return out
 
 
