@@ -251,7 +251,7 @@ class FastStep:
         """This rank's squared error, err (n, d), g_rec (n, d), active count and fired mask (m,); local
         gradients set (the caller reduces them across ranks)."""
         Wt, be, Wd, bd = self.params
-        n, m = x.shape[0], Wt.shape[0]
+        m = Wt.shape[0]
         th = self.rules.threshold()
         th_e = th[e.lat] if th is not None else None  # (E,)
         codes = self.rules.codes(e.pre, th_e)  # (E,)
