@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from interplab import ui
@@ -113,15 +112,10 @@ class LPEConfig(Config):
         return v
 
 
-def _spread(targets: list[int], k: int) -> list[int]:
-    if len(targets) <= k:
-        return targets
-    return [targets[i] for i in np.linspace(0, len(targets) - 1, k).round().astype(int)]
-
-
 def chartf_groups(cfg: LPEConfig) -> tuple[list[Group], dict[str, dict[str, float]]]:
     """The scored (model, distribution) groups with their exact truths, and each model's losses."""
     from interplab.lpe import Problem, distribution, event_probs, pick_targets
+    from interplab.lpe.groundtruth import spread
     from interplab.subjects.chartf import CharTFConfig, train_chartf
 
     groups, subjects = [], {}
@@ -132,7 +126,7 @@ def chartf_groups(cfg: LPEConfig) -> tuple[list[Group], dict[str, dict[str, floa
         for dname in cfg.distributions:
             dists = distribution(dname, cfg.positions)  # (L, V)
             probs = event_probs(model, dists)  # (V,) exact
-            targets = _spread(pick_targets(probs, cfg.p_low, high), cfg.max_targets)
+            targets = spread(pick_targets(probs, cfg.p_low, high), cfg.max_targets)
             ui.info(f"{n_layers}-layer model, {dname}: {len(targets)} targets below 1/{max(cfg.budgets)}")
             if targets:
                 groups.append(Group(f"{n_layers}L", dname, Problem(model, dists, targets[0], dname), targets,

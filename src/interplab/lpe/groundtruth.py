@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -116,3 +117,10 @@ def pick_targets(probs: torch.Tensor, low: float = 1e-9, high: float = 1e-3) -> 
     """Every symbol whose exact probability lies in [low, high], rarest first."""
     ok = [(float(p), t) for t, p in enumerate(probs.tolist()) if low <= p <= high]
     return [t for _, t in sorted(ok)]
+
+
+def spread(items: list[int], k: int) -> list[int]:
+    """At most `k` of `items`, evenly spaced through the list (its ends included): every item if k allows."""
+    if len(items) <= k:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, k).round().astype(int)]

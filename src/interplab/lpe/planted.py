@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from interplab.lpe.groundtruth import spread
+
 V = 64
 """Vocabulary of every planted model (the chartf size, so the same methods and shapes apply)."""
 
@@ -212,7 +214,7 @@ def phase_group(seed: int, L: int = 4, n_symbols: int = 16, m: int = 64, kappa: 
         np.add.at(step, c[pos], dists[pos, symbols].numpy())
         probs = np.real(np.fft.ifft(np.fft.fft(probs) * np.fft.fft(step)))  # cyclic convolution
     ok = [j for j in np.argsort(probs) if p_range[0] <= probs[j] <= p_range[1]]
-    pick = [int(ok[i]) for i in np.linspace(0, len(ok) - 1, min(max_targets, len(ok))).round().astype(int)] if ok else []
+    pick = spread([int(j) for j in ok], max_targets)
     return PlantedGroup(f"phase-{seed}", PlantedModel(emb, W, b, circle=True), dists, sorted(set(pick)))
 
 
