@@ -162,8 +162,3 @@ def run_interleaved(train: Callable[[PacedStream], Any], stream: PacedStream) ->
     seconds = stream.seconds(time.perf_counter())
     stream.hand_over()
     return out, seconds
-
-
-def load_average() -> str:
-    """The 1-minute load average now (what `uptime` prints first)."""
-    return f"{os.getloadavg()[0]:.1f}"
